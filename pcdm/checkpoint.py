@@ -1,0 +1,111 @@
+"""Run folders and checkpoints: safetensors weights + JSON state, never pickle.
+
+A run folder holds
+
+    config.json          model config, training options, data description (K, shape)
+    model.safetensors    latest raw weights
+    ema.safetensors      latest EMA weights (what eval / sample / codec use by default)
+    metrics.jsonl        one JSON object per logged step
+    samples/             periodic sample grids
+    ckpt/step_XXXXXXXX/  full training state: weights, EMA, optimiser (safetensors),
+                         state.json (step, RNG states, data position)
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash (even ``kill -9``) leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import PCDM, ModelConfig
+
+
+class RunError(ValueError):
+    """A run folder or checkpoint that cannot be used, with the reason in one line."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RunError(f"refusing to write a checkpoint with non-finite values in {name!r}")
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors only: a file that is anything else (a pickle, say) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RunError(f"{path} is not a valid safetensors file ({err})") from None
+
+
+def read_config(run: Path) -> dict:
+    run = Path(run)
+    path = run / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run} is not a pcdm run folder (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is corrupt: {err}") from None
+
+
+def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[PCDM, dict]:
+    """Build the model of a run folder and load its (EMA) weights; returns (model, config)."""
+    run = Path(run)
+    config = read_config(run)
+    try:
+        model = PCDM(ModelConfig(**config["model"]))
+    except (TypeError, KeyError, ValueError) as err:
+        raise RunError(f"{run / 'config.json'} has an invalid model config: {err}") from None
+    name = "ema.safetensors" if ema and (run / "ema.safetensors").exists() else "model.safetensors"
+    state = load_tensors(run / name)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunError(
+            f"{run / name} does not match the config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.to(device).eval(), config
+
+
+def fingerprint(model: PCDM) -> bytes:
+    """SHA-256 over the config and every weight's bytes: identifies a model exactly."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()

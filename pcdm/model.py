@@ -1,0 +1,316 @@
+"""The cascaded diffusion model and its likelihood bound: SPEC §1, §3 and §5 in one place.
+
+A model is a hierarchical map h (maps.py), one γ schedule shared by all levels
+(schedules.py) and one ε-network per level (unet.py). ``PCDM.nelbo`` returns the negative
+ELBO of each image in nats, split into its terms
+
+    prior      Σₛ ½ (α₁² ‖cˢ‖² + nₛ (σ₁² − log σ₁² − 1))
+    diffusion  Σₛ ½ E_t[γ'(t) ‖εˢ − Πₛ ε̂ˢ‖²]                         (continuous time)
+               Σₛ ½ T E_i[expm1(γ(tᵢ) − γ(tᵢ₋₁)) ‖εˢ − Πₛ ε̂ˢ‖²]     (T steps)
+    recon      −log p(x | z₀),  z₀ = hᵀ(z₀¹ … z₀ˢ) = α₀ f + σ₀ ε₀
+
+For the volume-preserving maps the joint over levels is the likelihood of x (paper
+Lemma 4.1), so the total is an upper bound on −log P(x). For C-VDM (cascade map) every
+level is its own discrete image with its own decoder, and Σₛ −ELBOₛ bounds −log P(x) by
+dropping the sum over the other scales' values: valid, but loose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .maps import HierarchicalMap, build_map, check_divisible
+from .schedules import alpha_sigma, build_schedule
+from .unet import UNet
+
+MODEL_MAPS = {"vdm": "identity", "c-vdm": "cascade", "lp-pcdm": "lp", "w-pcdm": "haar"}
+
+
+@dataclass
+class ModelConfig:
+    model: str = "w-pcdm"  # vdm | c-vdm | lp-pcdm | w-pcdm
+    levels: int = 2  # S (forced to 1 for vdm)
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the original image
+    K: int = 256  # number of pixel values
+    width: int = 32  # U-Net width of the base level
+    detail_width: int | None = None  # width of the levels s ≥ 2 (default: = width)
+    depth: int = 2  # ResNet blocks per direction
+    attention: bool = True  # middle attention block
+    dropout: float = 0.0
+    fourier: tuple[int, int] | None = (6, 8)  # Fourier-feature exponents, None to disable
+    schedule: str = "learned"  # fixed | learned | monotone
+    gamma_min: float = -13.3  # γ(0) at initialisation
+    gamma_max: float = 5.0  # γ(1) at initialisation
+
+    def __post_init__(self):
+        if self.model not in MODEL_MAPS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_MAPS)}")
+        self.image_shape = tuple(int(v) for v in self.image_shape)
+        if self.fourier is not None:
+            self.fourier = tuple(self.fourier)
+        if self.model == "vdm":
+            self.levels = 1
+        if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3):
+            raise ValueError(
+                f"image_shape must be (C, H, W) with C in {{1, 3}}, got {self.image_shape}"
+            )
+        if not 2 <= self.K <= 256:
+            raise ValueError(f"K (number of pixel values) must be in 2..256, got {self.K}")
+        check_divisible(self.image_shape, self.levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Bound:
+    """Negative ELBO per image, in nats, by term. ``levels[:, s]`` = prior + diffusion of
+    level s (+ its reconstruction for C-VDM); ``dims`` = d of the original image."""
+
+    prior: Tensor
+    diffusion: Tensor
+    recon: Tensor
+    levels: Tensor
+    dims: int
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        return self.prior + self.diffusion + self.recon
+
+    def bpd(self) -> dict[str, Tensor]:
+        """Every term converted to bits per dimension of the original image."""
+        out = {
+            "bpd": to_bpd(self.total, self.dims),
+            "bpd_prior": to_bpd(self.prior, self.dims),
+            "bpd_diffusion": to_bpd(self.diffusion, self.dims),
+            "bpd_recon": to_bpd(self.recon, self.dims),
+        }
+        for s in range(self.levels.shape[1]):
+            out[f"bpd_level{s + 1}"] = to_bpd(self.levels[:, s], self.dims)
+        return out
+
+
+def to_bpd(nats: Tensor, dims: int) -> Tensor:
+    """The one place nats become bits per dimension: bpd = nats / (d ln 2)."""
+    return nats / (dims * math.log(2))
+
+
+def antithetic_times(n: int, device, generator=None) -> Tensor:
+    """Stratified t ∈ [0, 1): one uniform offset, then n evenly spaced points (VDM)."""
+    u = torch.rand((), device=device, generator=generator)
+    return torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
+
+
+# A denoiser maps (level k, z_t, γ_t, cond) ↦ ε̂; the networks are one, oracles another.
+Denoiser = Callable[[int, Tensor, Tensor, Tensor | None], Tensor]
+
+
+class PCDM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.map: HierarchicalMap = build_map(MODEL_MAPS[config.model], config.levels)
+        self.schedule = build_schedule(config.schedule, config.gamma_min, config.gamma_max)
+        chw = config.image_shape
+        self.level_shapes = self.map.level_shapes(chw)
+        self.level_dims = self.map.dims(chw)
+        self.nets = nn.ModuleList(
+            UNet(
+                channels=shape[0],
+                cond_channels=self.map.condition_channels(chw, k),
+                width=config.width if k == 0 else (config.detail_width or config.width),
+                depth=config.depth,
+                attention=config.attention,
+                dropout=config.dropout,
+                fourier=config.fourier,
+                gamma_range=(config.gamma_min, config.gamma_max),
+            )
+            for k, shape in enumerate(self.level_shapes)
+        )
+
+    # --- data ---------------------------------------------------------------
+    @property
+    def dims(self) -> int:
+        c, h, w = self.config.image_shape
+        return c * h * w
+
+    def check_input(self, x: Tensor) -> None:
+        """Clear errors for the mistakes users make with image batches."""
+        c, h, w = self.config.image_shape
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise ValueError(f"expected integer pixel values, got dtype {x.dtype}")
+        if x.shape[1] != c:
+            raise ValueError(f"model expects {c} channels, got {x.shape[1]}")
+        if tuple(x.shape[2:]) != (h, w):
+            check_divisible(x.shape, self.config.levels)
+            raise ValueError(f"model expects {h}×{w} images, got {x.shape[2]}×{x.shape[3]}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.config.K):
+            raise ValueError(
+                f"pixel values must lie in 0..{self.config.K - 1} (K = {self.config.K}), "
+                f"got range {int(x.min())}..{int(x.max())}"
+            )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """f = 2 (x + 0.5) / K − 1 ∈ (−1, 1)."""
+        return 2 * (x.float() + 0.5) / self.config.K - 1
+
+    # --- pieces of the bound -------------------------------------------------
+    def eps_hat(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
+        """Πₖ ε̂_θᵏ(z_t, γ_t; cond): the network's noise prediction in level k's subspace."""
+        return self.map.project(k, self.nets[k](z, gamma, cond))
+
+    def log_p_x_given_z0(self, x: Tensor, z0: Tensor, gamma_0: Tensor) -> Tensor:
+        """VDM's discrete per-pixel decoder, summed over pixels: log p(x | z₀), (N,)."""
+        K = self.config.K
+        alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        values = 2 * (torch.arange(K, device=z0.device) + 0.5) / K - 1
+        logits = -0.5 * ((z0[..., None] / alpha_0 - values) / (sigma_0 / alpha_0)) ** 2
+        logp = logits.gather(-1, x.long()[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        return logp.flatten(1).sum(1)
+
+    def prior_kl(self, c: Tensor, n: int, gamma_1: Tensor) -> Tensor:
+        """KL(q(z₁ | c) ‖ N(0, I)) over the level's n dimensions, (N,)."""
+        alpha_1, sigma_1 = alpha_sigma(gamma_1)
+        sq = c.flatten(1).pow(2).sum(1)
+        return 0.5 * (alpha_1**2 * sq + n * (sigma_1**2 - torch.log(sigma_1**2) - 1))
+
+    def diffusion_loss(
+        self,
+        k: int,
+        c: Tensor,
+        eps: Tensor,
+        cond: Tensor | None,
+        steps: int | None,
+        denoiser: Denoiser,
+    ) -> Tensor:
+        """One-sample estimate of level k's diffusion term, (N,); t antithetic over the batch."""
+        t = antithetic_times(c.shape[0], c.device)
+        if steps is None:  # continuous time: ½ γ'(t) ‖ε − ε̂‖²
+            gamma_t, weight = self.schedule.gamma_and_slope(t)
+        else:  # T steps: ½ T expm1(γ(tᵢ) − γ(tᵢ₋₁)) ‖ε − ε̂‖²
+            i = torch.floor(t * steps) + 1
+            gamma_t, gamma_s = self.schedule(i / steps), self.schedule((i - 1) / steps)
+            weight = steps * torch.expm1(gamma_t - gamma_s)
+        alpha_t, sigma_t = (v.view(-1, 1, 1, 1) for v in alpha_sigma(gamma_t))
+        z_t = alpha_t * c + sigma_t * eps
+        eps_hat = denoiser(k, z_t, gamma_t, cond)
+        return 0.5 * weight * (eps - eps_hat).flatten(1).pow(2).sum(1)
+
+    # --- the bound ----------------------------------------------------------
+    def nelbo(self, x: Tensor, steps: int | None = None, denoiser: Denoiser | None = None) -> Bound:
+        """−ELBO of each image in nats with its parts (SPEC §3). ``steps`` = T for the
+        discrete-time bound (what the codec achieves), None for continuous time."""
+        self.check_input(x)
+        denoiser = denoiser or self.eps_hat
+        gamma_0 = self.schedule(torch.zeros((), device=x.device))
+        gamma_1 = self.schedule(torch.ones((), device=x.device))
+        alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        f = self.encode(x)
+        cs = self.map(f)
+        if self.map.volume_preserving:
+            # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
+            z0 = alpha_0 * f + sigma_0 * torch.randn_like(f)
+            conds = self.map(z0)
+            recon = -self.log_p_x_given_z0(x, z0, gamma_0)
+        else:
+            # C-VDM: each scale is a discrete image conditioned on the clean coarser one.
+            conds, recon = cs, 0.0
+        eps_levels = self.map(torch.randn_like(f))  # εˢ = h(ε)ˢ: iid within each subspace
+        priors, diffs = [], []
+        for k, c in enumerate(cs):
+            eps = eps_levels[k]
+            cond = self.map.condition(conds, k)
+            priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
+            diffs.append(self.diffusion_loss(k, c, eps, cond, steps, denoiser))
+        levels = torch.stack(priors, 1) + torch.stack(diffs, 1)
+        if not self.map.volume_preserving:
+            recons = []
+            for k, c in enumerate(cs):
+                z0_k = alpha_0 * c + sigma_0 * torch.randn_like(c)
+                x_k = self.map(x)[k] if k < len(cs) - 1 else x
+                recons.append(-self.log_p_x_given_z0(x_k, z0_k, gamma_0))
+            levels = levels + torch.stack(recons, 1)
+            recon = torch.stack(recons, 1).sum(1)
+        return Bound(
+            prior=torch.stack(priors, 1).sum(1),
+            diffusion=torch.stack(diffs, 1).sum(1),
+            recon=recon,
+            levels=levels,
+            dims=self.dims,
+        )
+
+    def forward(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """Training loss: the mean bound in bits per dimension."""
+        return to_bpd(self.nelbo(x, steps).total, self.dims).mean()
+
+    # --- generation (SPEC §5) ------------------------------------------------
+    def reverse_step(
+        self, k: int, z_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and std of p(z_s | z_t) for level k, s < t (shared by sampler and codec)."""
+        gamma_t, gamma_s = self.schedule(t), self.schedule(s)
+        alpha_t, sigma_t = alpha_sigma(gamma_t)
+        alpha_s, sigma_s = alpha_sigma(gamma_s)
+        alpha_ts = alpha_t / alpha_s
+        var_ts = -torch.expm1(gamma_s - gamma_t) * sigma_t**2  # σ²_{t|s}, computed stably
+        eps_hat = self.eps_hat(k, z_t, gamma_t.expand(z_t.shape[0]), cond)
+        x_hat = (z_t - sigma_t * eps_hat) / alpha_t
+        mean = (alpha_ts * sigma_s**2 / sigma_t**2) * z_t + (alpha_s * var_ts / sigma_t**2) * x_hat
+        std = (var_ts * sigma_s**2 / sigma_t**2).sqrt()
+        return mean, std
+
+    def decode_pixels(self, z0: Tensor) -> Tensor:
+        """argmax of p(x | z₀): the nearest pixel value to z₀/α₀."""
+        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device)))
+        K = self.config.K
+        return torch.clamp(torch.round((z0 / alpha_0 + 1) * K / 2 - 0.5), 0, K - 1).to(torch.uint8)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, steps: int = 256, generator: torch.Generator | None = None, progress=None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Ancestral sampling level by level, coarse first. Returns the uint8 images
+        (N, C, H, W) and one uint8 preview per level (coarse to fine)."""
+        device = next(self.parameters()).device
+        zs, previews = [], []
+        for k, shape in enumerate(self.level_shapes):
+            cond = self.map.condition(zs, k)
+            z = self.map.project(k, torch.randn((n, *shape), device=device, generator=generator))
+            for i in range(steps, 0, -1):
+                t = torch.tensor(i / steps, device=device)
+                s = torch.tensor((i - 1) / steps, device=device)
+                mean, std = self.reverse_step(k, z, t, s, cond)
+                noise = self.map.project(
+                    k, torch.randn(z.shape, device=device, generator=generator)
+                )
+                z = mean + std * noise
+                if progress is not None:
+                    progress.update(1)
+            if not self.map.volume_preserving:
+                # C-VDM: a finished scale is a discrete image; the next one sees it clean.
+                x_k = self.decode_pixels(z)
+                z = self.encode(x_k)
+            zs.append(z)
+            previews.append(self.preview(zs))
+        x = previews[-1]
+        return x, previews
+
+    def preview(self, zs: list[Tensor]) -> Tensor:
+        """uint8 image at the resolution of the finished levels ``zs`` (coarse first)."""
+        if not self.map.volume_preserving:
+            return self.decode_pixels(zs[-1])  # C-VDM: zs holds the clean coarser images
+        # Haar LL / LP octave: each step of D multiplies block means by 2.
+        octaves = len(self.level_shapes) - len(zs)
+        return self.decode_pixels(self.map.inverse(zs) / 2**octaves)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
