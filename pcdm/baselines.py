@@ -145,10 +145,7 @@ def decode(data: bytes, codec: str, channels: int | None = None) -> np.ndarray:
 
     if channels is not None and out.shape[2] != channels:
         if channels == 1 and out.shape[2] == 3:
-            if not (
-                np.array_equal(out[..., 0], out[..., 1])
-                and np.array_equal(out[..., 0], out[..., 2])
-            ):
+            if not (np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])):
                 raise RuntimeError("decoded RGB image is not a replicated grayscale image")
             out = np.ascontiguousarray(out[:, :, :1])
         else:
@@ -169,8 +166,7 @@ def available_codecs() -> list[str]:
         for codec in CODECS:
             try:
                 ok = all(
-                    np.array_equal(decode(encode(p, codec), codec, channels=p.shape[2]), p)
-                    for p in probes
+                    np.array_equal(decode(encode(p, codec), codec, channels=p.shape[2]), p) for p in probes
                 )
             except Exception:  # missing library / codec not compiled in
                 ok = False
@@ -187,9 +183,7 @@ def _as_nhwc(images: np.ndarray) -> np.ndarray:
     if images.ndim == 3:  # (N, H, W) grayscale
         images = images[..., None]
     if images.ndim != 4 or images.shape[3] not in (1, 3):
-        raise ValueError(
-            f"images must have shape (N, H, W, C) with C in {{1, 3}}, got {images.shape}"
-        )
+        raise ValueError(f"images must have shape (N, H, W, C) with C in {{1, 3}}, got {images.shape}")
     return images
 
 

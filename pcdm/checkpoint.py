@@ -96,8 +96,7 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RunError(
-            f"{run / name} does not match the config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{run / name} does not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval(), config
 

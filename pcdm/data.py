@@ -93,15 +93,12 @@ def as_images(array: np.ndarray, K: int, where: str) -> np.ndarray:
     array = np.asarray(array)
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         raise DataError(
-            f"{where}: images have dtype {array.dtype}; save them as uint8 "
-            f"(integer pixel values 0..{K - 1})"
+            f"{where}: images have dtype {array.dtype}; save them as uint8 (integer pixel values 0..{K - 1})"
         )
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim != 4:
-        raise DataError(
-            f"{where}: expected images shaped (N,H,W) or (N,H,W,C), got shape {array.shape}"
-        )
+        raise DataError(f"{where}: expected images shaped (N,H,W) or (N,H,W,C), got shape {array.shape}")
     if array.shape[-1] not in (1, 3):
         raise DataError(
             f"{where}: images have {array.shape[-1]} channels (shape {array.shape}); "
@@ -174,9 +171,7 @@ def _standard_split(
 # Public entry point.
 
 
-def load(
-    spec: str, split: str = "train", limit: int | None = None, download: bool = True
-) -> ImageSet:
+def load(spec: str, split: str = "train", limit: int | None = None, download: bool = True) -> ImageSet:
     """Load ``split`` (``train``/``test``/``all``) of ``spec``, first ``limit`` images."""
     _check_split(split)
     _check_limit(limit)
@@ -193,9 +188,7 @@ def load(
     if path.suffix.lower() in (".npy", ".npz"):
         return _load_array_file(path, split, limit)
     if path.exists():
-        raise DataError(
-            f"{spec}: unsupported file type; give a folder of images or a .npy/.npz array"
-        )
+        raise DataError(f"{spec}: unsupported file type; give a folder of images or a .npy/.npz array")
     raise DataError(
         f"unknown data {spec!r}: not a folder or .npy/.npz file, and not a dataset name "
         f"(known: {', '.join(DATASETS)}; optionally name:root)"
@@ -237,8 +230,7 @@ def _load_array_file(path: Path, split: str, limit: int | None) -> ImageSet:
         (array,) = arrays.values()
     else:
         raise DataError(
-            f"{path}: holds arrays {sorted(arrays)}; name the image array 'images' "
-            "(or 'train'/'test')"
+            f"{path}: holds arrays {sorted(arrays)}; name the image array 'images' (or 'train'/'test')"
         )
     return _from_single(array, K, split, limit, where, path.name)
 
@@ -534,11 +526,7 @@ _CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (CIFAR-10 python ve
 _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _SAFE_GLOBALS = {
-    *(
-        (mod, name)
-        for mod in ("builtins", "__builtin__")
-        for name in ("dict", "list", "bytes", "str", "int")
-    ),
+    *((mod, name) for mod in ("builtins", "__builtin__") for name in ("dict", "list", "bytes", "str", "int")),
     ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2; a pure data codec
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -591,9 +579,7 @@ def _safe_extract(archive: Path, dest: Path) -> None:
             members = tar.getmembers()
             for m in members:
                 parts = Path(m.name).parts
-                bad = (
-                    m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir())
-                )
+                bad = m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir())
                 if bad or not parts or parts[0] != _CIFAR_DIR:
                     raise DataError(
                         f"{archive}: unexpected entry {m.name!r}; refusing to extract, "
@@ -619,9 +605,7 @@ def _cifar_dir(root: Path, download: bool) -> Path:
         if (folder / "test_batch").is_file() or (folder / _CIFAR_TRAIN[0]).is_file():
             return folder
     needed = ["cifar-10-python.tar.gz (or its folder cifar-10-batches-py/)"]
-    archive = _find_or_fetch(
-        "cifar10", [root], "cifar-10-python.tar.gz", download, _CIFAR_SOURCE, needed
-    )
+    archive = _find_or_fetch("cifar10", [root], "cifar-10-python.tar.gz", download, _CIFAR_SOURCE, needed)
     _safe_extract(archive, root)
     return root / _CIFAR_DIR
 
@@ -672,9 +656,7 @@ def _load_svhn(root: Path | None, split: str, limit: int | None, download: bool)
     def read(part: str, n: int | None) -> np.ndarray:
         import scipy.io
 
-        path = _find_or_fetch(
-            "svhn", [root], files[part], download, _SVHN_SOURCE, list(files.values())
-        )
+        path = _find_or_fetch("svhn", [root], files[part], download, _SVHN_SOURCE, list(files.values()))
         try:
             x = scipy.io.loadmat(path, variable_names=["X"]).get("X")
         except (OSError, ValueError, TypeError, NotImplementedError) as err:

@@ -55,8 +55,6 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean of every term, plus the standard error of the total (``bpd_se``)."""
     out = {k: float(v.mean()) for k, v in per_image.items()}
     total = per_image["bpd"]
-    out["bpd_se"] = (
-        float(total.std(ddof=1) / math.sqrt(len(total))) if len(total) > 1 else float("nan")
-    )
+    out["bpd_se"] = float(total.std(ddof=1) / math.sqrt(len(total))) if len(total) > 1 else float("nan")
     out["n_images"] = int(len(total))
     return out

@@ -92,6 +92,13 @@ class HierarchicalMap:
     def condition_channels(self, chw: tuple[int, int, int], k: int) -> int:
         return 0 if k == 0 else chw[0]
 
+    def octaves(self, k: int) -> int:
+        """How many halvings of the pixel grid spacing level k's coefficients carry
+        (each 2×2 sum / 2 refines the lattice of possible values by 2)."""
+        if self.name in ("haar", "lp"):
+            return self.levels - 1 if k == 0 else self.levels - k
+        return 0
+
     # --- the map ----------------------------------------------------------
     def forward(self, f: Tensor) -> list[Tensor]:
         return [f]
@@ -174,14 +181,12 @@ class LaplacianPyramid(HierarchicalMap):
         c, h, w = chw
         check_divisible(chw, self.levels)
         return [
-            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k))
-            for k in range(self.levels)
+            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k)) for k in range(self.levels)
         ]
 
     def dims(self, chw):
         return [
-            c * h * w if k == 0 else 3 * c * h * w // 4
-            for k, (c, h, w) in enumerate(self.level_shapes(chw))
+            c * h * w if k == 0 else 3 * c * h * w // 4 for k, (c, h, w) in enumerate(self.level_shapes(chw))
         ]
 
     def forward(self, f):
@@ -221,15 +226,13 @@ class Cascade(HierarchicalMap):
         c, h, w = chw
         check_divisible(chw, self.levels)
         return [
-            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k))
-            for k in range(self.levels)
+            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k)) for k in range(self.levels)
         ]
 
     def forward(self, f):
         check_divisible(f.shape, self.levels)
         return [
-            f[..., :: 2 ** (self.levels - 1 - k), :: 2 ** (self.levels - 1 - k)]
-            for k in range(self.levels)
+            f[..., :: 2 ** (self.levels - 1 - k), :: 2 ** (self.levels - 1 - k)] for k in range(self.levels)
         ]
 
     def inverse(self, cs):

@@ -42,7 +42,7 @@ class ModelConfig:
     depth: int = 2  # ResNet blocks per direction
     attention: bool = True  # middle attention block
     dropout: float = 0.0
-    fourier: tuple[int, int] | None = (6, 8)  # Fourier-feature exponents, None to disable
+    fourier: tuple[int, int] | str | None = "auto"  # Fourier exponents n (pixel grid), "auto", None
     schedule: str = "learned"  # fixed | learned | monotone
     gamma_min: float = -13.3  # γ(0) at initialisation
     gamma_max: float = 5.0  # γ(1) at initialisation
@@ -51,14 +51,16 @@ class ModelConfig:
         if self.model not in MODEL_MAPS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_MAPS)}")
         self.image_shape = tuple(int(v) for v in self.image_shape)
+        if self.fourier == "auto":
+            # VDM uses n = 6..8 for K = 256: frequencies around the grid spacing 2/K.
+            c = round(math.log2(self.K / 2))
+            self.fourier = (c - 1, c + 1)
         if self.fourier is not None:
             self.fourier = tuple(self.fourier)
         if self.model == "vdm":
             self.levels = 1
         if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3):
-            raise ValueError(
-                f"image_shape must be (C, H, W) with C in {{1, 3}}, got {self.image_shape}"
-            )
+            raise ValueError(f"image_shape must be (C, H, W) with C in {{1, 3}}, got {self.image_shape}")
         if not 2 <= self.K <= 256:
             raise ValueError(f"K (number of pixel values) must be in 2..256, got {self.K}")
         check_divisible(self.image_shape, self.levels)
@@ -101,10 +103,33 @@ def to_bpd(nats: Tensor, dims: int) -> Tensor:
     return nats / (dims * math.log(2))
 
 
-def antithetic_times(n: int, device, generator=None) -> Tensor:
+def antithetic_times(n: int, device, generator=None, dtype=None) -> Tensor:
     """Stratified t ∈ [0, 1): one uniform offset, then n evenly spaced points (VDM)."""
-    u = torch.rand((), device=device, generator=generator)
-    return torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
+    u = torch.rand((), device=device, generator=generator, dtype=dtype)
+    return torch.remainder(u + torch.arange(n, device=device, dtype=u.dtype) / n, 1.0)
+
+
+@dataclass
+class Noise:
+    """The randomness of one evaluation of the bound: ε₀ (decoder and conditioning), ε
+    (diffusion), both in pixel space, and the diffusion time of each level, (S, N).
+    Drawing it outside ``nelbo`` lets distributed ranks slice one global draw, so a run
+    on W processes computes exactly what one process computes on the whole batch."""
+
+    eps0: Tensor
+    eps: Tensor
+    t: Tensor
+
+    @staticmethod
+    def draw(shape, levels: int, generator=None, device="cpu", dtype=None) -> Noise:
+        n = shape[0]
+        eps0 = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        t = torch.stack([antithetic_times(n, device, generator, dtype) for _ in range(levels)])
+        return Noise(eps0, eps, t)
+
+    def slice(self, start: int, stop: int) -> Noise:
+        return Noise(self.eps0[start:stop], self.eps[start:stop], self.t[:, start:stop])
 
 
 # A denoiser maps (level k, z_t, γ_t, cond) ↦ ε̂; the networks are one, oracles another.
@@ -128,13 +153,19 @@ class PCDM(nn.Module):
                 depth=config.depth,
                 attention=config.attention,
                 dropout=config.dropout,
-                fourier=config.fourier,
+                fourier=_shift(config.fourier, self.map.octaves(k)),
                 gamma_range=(config.gamma_min, config.gamma_max),
             )
             for k, shape in enumerate(self.level_shapes)
         )
 
     # --- data ---------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model (float64 after ``model.double()``)."""
+        p = next(self.parameters(), None)
+        return torch.get_default_dtype() if p is None else p.dtype
+
     @property
     def dims(self) -> int:
         c, h, w = self.config.image_shape
@@ -160,7 +191,7 @@ class PCDM(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """f = 2 (x + 0.5) / K − 1 ∈ (−1, 1)."""
-        return 2 * (x.float() + 0.5) / self.config.K - 1
+        return 2 * (x.to(self.dtype) + 0.5) / self.config.K - 1
 
     # --- pieces of the bound -------------------------------------------------
     def eps_hat(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
@@ -171,7 +202,7 @@ class PCDM(nn.Module):
         """VDM's discrete per-pixel decoder, summed over pixels: log p(x | z₀), (N,)."""
         K = self.config.K
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
-        values = 2 * (torch.arange(K, device=z0.device) + 0.5) / K - 1
+        values = 2 * (torch.arange(K, device=z0.device, dtype=z0.dtype) + 0.5) / K - 1
         logits = -0.5 * ((z0[..., None] / alpha_0 - values) / (sigma_0 / alpha_0)) ** 2
         logp = logits.gather(-1, x.long()[..., None])[..., 0] - torch.logsumexp(logits, -1)
         return logp.flatten(1).sum(1)
@@ -187,12 +218,12 @@ class PCDM(nn.Module):
         k: int,
         c: Tensor,
         eps: Tensor,
+        t: Tensor,
         cond: Tensor | None,
         steps: int | None,
         denoiser: Denoiser,
     ) -> Tensor:
-        """One-sample estimate of level k's diffusion term, (N,); t antithetic over the batch."""
-        t = antithetic_times(c.shape[0], c.device)
+        """One-sample estimate of level k's diffusion term, (N,), at times t ∈ [0, 1)."""
         if steps is None:  # continuous time: ½ γ'(t) ‖ε − ε̂‖²
             gamma_t, weight = self.schedule.gamma_and_slope(t)
         else:  # T steps: ½ T expm1(γ(tᵢ) − γ(tᵢ₋₁)) ‖ε − ε̂‖²
@@ -201,41 +232,51 @@ class PCDM(nn.Module):
             weight = steps * torch.expm1(gamma_t - gamma_s)
         alpha_t, sigma_t = (v.view(-1, 1, 1, 1) for v in alpha_sigma(gamma_t))
         z_t = alpha_t * c + sigma_t * eps
-        eps_hat = denoiser(k, z_t, gamma_t, cond)
+        eps_hat = self.map.project(k, denoiser(k, z_t, gamma_t, cond))  # Πₖ ε̂ (SPEC §3)
         return 0.5 * weight * (eps - eps_hat).flatten(1).pow(2).sum(1)
 
     # --- the bound ----------------------------------------------------------
-    def nelbo(self, x: Tensor, steps: int | None = None, denoiser: Denoiser | None = None) -> Bound:
+    def nelbo(
+        self,
+        x: Tensor,
+        steps: int | None = None,
+        denoiser: Denoiser | None = None,
+        noise: Noise | None = None,
+    ) -> Bound:
         """−ELBO of each image in nats with its parts (SPEC §3). ``steps`` = T for the
-        discrete-time bound (what the codec achieves), None for continuous time."""
+        discrete-time bound (what the codec achieves), None for continuous time;
+        ``noise`` fixes the random draws (default: fresh from the global generator)."""
         self.check_input(x)
+        if noise is None:
+            noise = Noise.draw(x.shape, len(self.level_shapes), device=x.device, dtype=self.dtype)
         denoiser = denoiser or self.eps_hat
-        gamma_0 = self.schedule(torch.zeros((), device=x.device))
-        gamma_1 = self.schedule(torch.ones((), device=x.device))
+        gamma_0 = self.schedule(torch.zeros((), device=x.device, dtype=self.dtype))
+        gamma_1 = self.schedule(torch.ones((), device=x.device, dtype=self.dtype))
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
         f = self.encode(x)
         cs = self.map(f)
         if self.map.volume_preserving:
             # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
-            z0 = alpha_0 * f + sigma_0 * torch.randn_like(f)
+            z0 = alpha_0 * f + sigma_0 * noise.eps0
             conds = self.map(z0)
             recon = -self.log_p_x_given_z0(x, z0, gamma_0)
         else:
             # C-VDM: each scale is a discrete image conditioned on the clean coarser one.
             conds, recon = cs, 0.0
-        eps_levels = self.map(torch.randn_like(f))  # εˢ = h(ε)ˢ: iid within each subspace
+        eps_levels = self.map(noise.eps)  # εˢ = h(ε)ˢ: iid within each subspace
         priors, diffs = [], []
         for k, c in enumerate(cs):
             eps = eps_levels[k]
             cond = self.map.condition(conds, k)
             priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
-            diffs.append(self.diffusion_loss(k, c, eps, cond, steps, denoiser))
+            diffs.append(self.diffusion_loss(k, c, eps, noise.t[k], cond, steps, denoiser))
         levels = torch.stack(priors, 1) + torch.stack(diffs, 1)
         if not self.map.volume_preserving:
             recons = []
+            eps0_levels, x_levels = self.map(noise.eps0), self.map(x)
             for k, c in enumerate(cs):
-                z0_k = alpha_0 * c + sigma_0 * torch.randn_like(c)
-                x_k = self.map(x)[k] if k < len(cs) - 1 else x
+                z0_k = alpha_0 * c + sigma_0 * eps0_levels[k]
+                x_k = x_levels[k]
                 recons.append(-self.log_p_x_given_z0(x_k, z0_k, gamma_0))
             levels = levels + torch.stack(recons, 1)
             recon = torch.stack(recons, 1).sum(1)
@@ -247,9 +288,16 @@ class PCDM(nn.Module):
             dims=self.dims,
         )
 
-    def forward(self, x: Tensor, steps: int | None = None) -> Tensor:
-        """Training loss: the mean bound in bits per dimension."""
-        return to_bpd(self.nelbo(x, steps).total, self.dims).mean()
+    def forward(
+        self,
+        x: Tensor,
+        steps: int | None = None,
+        noise: Noise | None = None,
+        return_bound: bool = False,
+    ):
+        """Training loss: the mean bound in bits per dimension (or the whole Bound)."""
+        bound = self.nelbo(x, steps, noise=noise)
+        return bound if return_bound else to_bpd(bound.total, self.dims).mean()
 
     # --- generation (SPEC §5) ------------------------------------------------
     def reverse_step(
@@ -288,9 +336,7 @@ class PCDM(nn.Module):
                 t = torch.tensor(i / steps, device=device)
                 s = torch.tensor((i - 1) / steps, device=device)
                 mean, std = self.reverse_step(k, z, t, s, cond)
-                noise = self.map.project(
-                    k, torch.randn(z.shape, device=device, generator=generator)
-                )
+                noise = self.map.project(k, torch.randn(z.shape, device=device, generator=generator))
                 z = mean + std * noise
                 if progress is not None:
                     progress.update(1)
@@ -310,6 +356,11 @@ class PCDM(nn.Module):
         # Haar LL / LP octave: each step of D multiplies block means by 2.
         octaves = len(self.level_shapes) - len(zs)
         return self.decode_pixels(self.map.inverse(zs) / 2**octaves)
+
+
+def _shift(fourier, octaves):
+    """Finer coefficient lattices at coarser octaves get higher Fourier frequencies."""
+    return None if fourier is None else (fourier[0] + octaves, fourier[1] + octaves)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -58,9 +58,7 @@ class Attention(nn.Module):
     def forward(self, x):
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
 
 
@@ -99,17 +97,13 @@ class UNet(nn.Module):
         self.fourier, self.gamma_range = fourier, gamma_range
         n_fourier = 0 if fourier is None else 2 * (fourier[1] - fourier[0] + 1) * channels
         c_emb = 4 * width
-        self.emb = nn.Sequential(
-            nn.Linear(width, c_emb), nn.SiLU(), nn.Linear(c_emb, c_emb), nn.SiLU()
-        )
+        self.emb = nn.Sequential(nn.Linear(width, c_emb), nn.SiLU(), nn.Linear(c_emb, c_emb), nn.SiLU())
         self.conv_in = nn.Conv2d(channels + n_fourier + cond_channels, width, 3, padding=1)
         self.down = nn.ModuleList(ResBlock(width, width, c_emb, dropout) for _ in range(depth))
         self.mid1 = ResBlock(width, width, c_emb, dropout)
         self.attn = Attention(width) if attention else nn.Identity()
         self.mid2 = ResBlock(width, width, c_emb, dropout)
-        self.up = nn.ModuleList(
-            ResBlock(2 * width, width, c_emb, dropout) for _ in range(depth + 1)
-        )
+        self.up = nn.ModuleList(ResBlock(2 * width, width, c_emb, dropout) for _ in range(depth + 1))
         self.norm_out = nn.GroupNorm(_groups(width), width)
         self.conv_out = _zero(nn.Conv2d(width, channels, 3, padding=1))
 

@@ -1,0 +1,742 @@
+"""Lossless compression with bits-back ANS over the T-step model (SPEC §7).
+
+Coding order (Bit-Swap recursion), for one batch of B images coded side by side in B
+*lanes* that share one ANS stack (``constriction.stream.stack.AnsCoder``):
+
+  encoder, volume-preserving maps (identity, haar, lp)
+    1. pop z₀ of every level from q(z₀ | x) = N(α₀ c, σ₀²);  push x with p(x | z₀);
+    2. for each level, finest first: for i = 1..T pop z_{tᵢ} from
+       q(z_{tᵢ} | z_{tᵢ₋₁}) = N(α_{tᵢ|tᵢ₋₁} z, σ²_{tᵢ|tᵢ₋₁}) and push z_{tᵢ₋₁} with the
+       model's p(z_{tᵢ₋₁} | z_{tᵢ}, z₀^{<s}); finally push z₁ with N(0, I).
+  encoder, C-VDM (cascade map): every scale is a discrete image x_s with its own decoder,
+    so steps 1–2 run once per scale, finest scale first, conditioned on the clean coarser
+    scale. The code length is Σₛ −ELBOₛ (the redundant coarse pixels are paid for).
+
+The decoder runs the exact mirror image, so the coarsest level of a batch comes out
+first; batches are chained in one stream (batch 0 is encoded first and therefore decoded
+last), so the initial random bits that the very first pops consume are needed only once.
+
+Every op is one ``constriction`` call over all lanes of the batch; the symbol arrays are
+laid out lane-major (lane 0's coordinates, then lane 1's, …), levels concatenated in
+order for the z₀ pop. Each level is coded in an orthonormal basis of its subspace: the
+level tensor itself for identity / haar / cascade, and the octave's Haar detail
+coordinates for the lp detail levels (so exactly d continuous numbers per image).
+
+Grid: latent variable z_{tᵢ} (shared by all levels) lives on the lattice δᵢ ℤ with
+δᵢ = 2^⌊log₂(2^−GRID_BITS · min(std it is popped with, std it is pushed with))⌋; a
+power of two so j·δ is exact. Each op codes the integer j − round(μ/δ) with a quantised
+Gaussian of mean offset (rounded to 2^−12 bin, for robustness) and std σ/δ. Pops use the
+support ±⌈10 σ/δ⌉; pushes under the model use ±2^e with e chosen from the data
+(minimum ±10 σ/δ) and coded first with a uniform model, so a poor model costs bits but
+never fails. All chain inputs are the quantised values, so the decoder sees exactly what
+the encoder saw; network calls run single-threaded (torch thread count restored after)
+so their outputs do not depend on the caller's thread count.
+
+Initial bits: the stack starts from a deterministic pseudo-random reservoir of words
+(fixed seed). The encoder records the lowest stack position ever reached (``kmin``); the
+reservoir words below it were never touched and are dropped from the file. The file's
+payload therefore contains the ``initial_bits`` = 32 (n_init − 2 − kmin) + 64 bits of
+reservoir actually consumed; the decoder ends with exactly the reservoir's top part,
+which it checks, in addition to the CRC-32 of the pixels.
+
+File format (all integers little-endian)::
+
+    offset size  field
+    0      4     magic b"PCDM"
+    4      1     version (1)
+    5      1     input kind: 0 = .npy array, 1 = image folder
+    6      1     GRID_BITS (grid fraction 2^−g of the smallest std)
+    7      1     reserved (0)
+    8      32    model fingerprint (checkpoint.fingerprint, SHA-256)
+    40     4×13  T, B (lanes), N (images), C, H, W, K, n_init (reservoir words),
+                 kmin (pruned reservoir words), meta_len, payload_words,
+                 CRC-32 of the pixels (uint8, N×H×W×C), CRC-32 of the payload
+    92     4     CRC-32 of bytes 0..91 and the meta block
+    96     meta  kind 0: ndim (u8), ndim × u32 shape, dtype length (u8) + dtype string
+                 kind 1: N × (u16 length + UTF-8 relative name), in coding order
+    …      4·payload_words  ANS words (uint32 LE), as ``AnsCoder.get_compressed()``
+
+Every header field is bounds-checked before anything is allocated; the file length must
+match exactly. Any mismatch (model, size, checksum, stream) is a :class:`CodecError`
+(a ``ValueError``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import constriction
+import numpy as np
+import torch
+
+from .maps import haar_analysis, haar_synthesis
+from .model import PCDM
+
+MAGIC = b"PCDM"
+VERSION = 1
+KIND_NPY, KIND_FOLDER = 0, 1
+GRID_BITS = 4  # bin width = 2^-4 × the smallest std a variable is coded with (floor to 2^k)
+MEAN_QUANT = 2.0**-12  # mean offsets rounded to this fraction of a bin
+POP_STDS = 10.0  # support of a pop: ±10 std
+MAX_EXP = 22  # pushes: support at most ±2^22 bins (constriction needs < 2^24 symbols)
+RESERVOIR_SEED = 0x50434D44
+PIXEL_CHUNK = 8192  # rows of the categorical pixel model per constriction call
+HEADER = struct.Struct("<4sBBBB32s13I")
+HEADER_CRC = struct.Struct("<I")
+HEADER_SIZE = HEADER.size + HEADER_CRC.size  # 96
+MAX_T = 100_000
+MAX_LANES = 65_536
+MAX_IMAGES = 1 << 26
+MAX_SIDE = 1 << 14
+MAX_NAME = 4096
+
+_AnsCoder = constriction.stream.stack.AnsCoder
+_QG = constriction.stream.model.QuantizedGaussian
+_CAT = constriction.stream.model.Categorical(perfect=False)
+_UNIFORM = constriction.stream.model.Uniform
+
+
+class CodecError(ValueError):
+    """A .pcdm file that cannot be decoded (or data that cannot be encoded), in one line."""
+
+
+class _Dry(Exception):
+    """The encoder's initial reservoir was too small; retried with a bigger one."""
+
+
+# ---------------------------------------------------------------------------
+# The schedule on the T-step grid, in float64.
+
+
+@dataclass
+class Grid:
+    T: int
+    alpha: np.ndarray  # α_{tᵢ}, i = 0..T
+    sigma: np.ndarray  # σ_{tᵢ}
+    a_q: np.ndarray  # α_{tᵢ|tᵢ₋₁} (index i, entry 0 unused)
+    s_q: np.ndarray  # σ_{tᵢ|tᵢ₋₁}: std of the pop of z_{tᵢ}, i ≥ 1; s_q[0] = σ₀
+    s_p: np.ndarray  # std of the push of z_{tᵢ}: p(z_{tᵢ} | z_{tᵢ₊₁}); s_p[T] = 1
+    delta: np.ndarray  # bin width of z_{tᵢ}
+    gammas: list[float] = field(default_factory=list)
+
+
+def make_grid(model: PCDM, T: int) -> Grid:
+    with torch.no_grad():
+        g = [float(model.schedule(torch.tensor(i / T))) for i in range(T + 1)]
+    gam = np.array(g, dtype=np.float64)
+    if not np.all(np.isfinite(gam)) or np.any(np.diff(gam) <= 0):
+        raise CodecError("the model's γ schedule is not strictly increasing on the T-step grid")
+    sig2 = 1 / (1 + np.exp(-gam))
+    alp2 = 1 / (1 + np.exp(gam))
+    alpha, sigma = np.sqrt(alp2), np.sqrt(sig2)
+    a_q, s_q, s_p = np.ones(T + 1), np.empty(T + 1), np.empty(T + 1)
+    s_q[0] = sigma[0]
+    for i in range(1, T + 1):
+        var_ts = -np.expm1(gam[i - 1] - gam[i]) * sig2[i]
+        a_q[i] = alpha[i] / alpha[i - 1]
+        s_q[i] = math.sqrt(var_ts)
+        s_p[i - 1] = math.sqrt(var_ts * sig2[i - 1] / sig2[i])
+    s_p[T] = 1.0
+    smallest = np.minimum(s_q, s_p) * 2.0**-GRID_BITS
+    delta = 2.0 ** np.floor(np.log2(smallest))
+    return Grid(T, alpha, sigma, a_q, s_q, s_p, delta, g)
+
+
+# ---------------------------------------------------------------------------
+# Quantised Gaussian pops and pushes on a lattice δℤ. Latents are int64 bin indices j.
+
+
+def _centre(mean: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    mb = mean / delta
+    if not np.all(np.isfinite(mb)) or np.abs(mb).max(initial=0) > 2.0**50:
+        raise CodecError("corrupt stream: the model's predictions are not finite")
+    centre = np.floor(mb + 0.5)
+    off = np.round((mb - centre) / MEAN_QUANT) * MEAN_QUANT
+    return centre.astype(np.int64), off
+
+
+def _pop_support(std_bins: float) -> int:
+    return int(math.ceil(POP_STDS * std_bins)) + 1
+
+
+def pop_q(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard) -> np.ndarray:
+    """Sample j ~ q on δℤ by popping (fixed ±10σ support)."""
+    centre, off = _centre(mean, delta)
+    sb = std / delta
+    R = _pop_support(sb)
+    sym = coder.decode(_QG(-R, R), off, np.full(off.shape, sb))
+    guard.after_pop(coder)
+    return centre + sym.astype(np.int64)
+
+
+def push_q(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float) -> None:
+    """Inverse of :func:`pop_q` (decoder side): give the bits back."""
+    centre, off = _centre(mean, delta)
+    sb = std / delta
+    R = _pop_support(sb)
+    sym = j - centre
+    if np.abs(sym).max(initial=0) > R:
+        raise CodecError("corrupt stream: a latent lies outside its posterior's support")
+    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, np.full(off.shape, sb))
+
+
+def _min_exp(sb: float) -> int:
+    e0 = max(1, int(math.ceil(math.log2(POP_STDS * sb + 2))))
+    if e0 >= MAX_EXP:
+        raise CodecError("the T-step grid is too fine for the entropy coder; use fewer steps")
+    return e0
+
+
+def push_p(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float) -> None:
+    """Code j with the model's Gaussian; support ±2^e, e coded first (popped first)."""
+    centre, off = _centre(mean, delta)
+    sb = std / delta
+    sym = j - centre
+    e0 = _min_exp(sb)
+    far = int(np.abs(sym).max(initial=0))
+    e = max(e0, int(far).bit_length())
+    if e > MAX_EXP:
+        raise CodecError(
+            "a latent lies too far from the model's prediction to be coded; is the model "
+            "trained on data like this?"
+        )
+    R = 1 << e
+    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, np.full(off.shape, sb))
+    _encode(coder, np.array([e - e0], dtype=np.int32), _UNIFORM(MAX_EXP + 1 - e0 + 1))
+
+
+def pop_p(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard) -> np.ndarray:
+    centre, off = _centre(mean, delta)
+    sb = std / delta
+    e0 = _min_exp(sb)
+    e = e0 + int(coder.decode(_UNIFORM(MAX_EXP + 1 - e0 + 1), 1)[0])
+    if e > MAX_EXP:
+        raise CodecError("corrupt stream: invalid support size")
+    R = 1 << e
+    sym = coder.decode(_QG(-R, R), off, np.full(off.shape, sb))
+    guard.after_pop(coder)
+    return centre + sym.astype(np.int64)
+
+
+def _encode(coder, symbols, model, *params) -> None:
+    try:
+        coder.encode_reverse(symbols, model, *params)
+    except (KeyError, ValueError) as err:
+        raise CodecError(f"corrupt stream: cannot give back a symbol ({err})") from None
+
+
+def pixel_probs(z0: np.ndarray, alpha0: float, sigma0: float, K: int) -> np.ndarray:
+    """p(x | z₀) per pixel (rows) over the K values, float64, unnormalised (max = 1)."""
+    values = 2 * (np.arange(K, dtype=np.float64) + 0.5) / K - 1
+    logits = -0.5 * ((z0[:, None] / alpha0 - values[None, :]) / (sigma0 / alpha0)) ** 2
+    logits -= logits.max(axis=1, keepdims=True)
+    return np.exp(logits)
+
+
+def push_pixels(coder, x: np.ndarray, z0: np.ndarray, alpha0, sigma0, K) -> None:
+    for start in range(0, len(x), PIXEL_CHUNK):
+        sl = slice(start, start + PIXEL_CHUNK)
+        probs = pixel_probs(z0[sl], alpha0, sigma0, K)
+        _encode(coder, x[sl].astype(np.int32), _CAT, probs)
+
+
+def pop_pixels(coder, z0: np.ndarray, alpha0, sigma0, K, guard) -> np.ndarray:
+    if not np.all(np.isfinite(z0)):
+        raise CodecError("corrupt stream: latents are not finite")
+    starts = list(range(0, len(z0), PIXEL_CHUNK))
+    out = np.empty(len(z0), dtype=np.int64)
+    for start in reversed(starts):
+        sl = slice(start, start + PIXEL_CHUNK)
+        out[sl] = coder.decode(_CAT, pixel_probs(z0[sl], alpha0, sigma0, K))
+        guard.after_pop(coder)
+    return out
+
+
+class _Guard:
+    """Tracks the lowest stack position (encoder) so the untouched reservoir is dropped."""
+
+    def __init__(self, encoder: bool):
+        self.encoder = encoder
+        self.low = None
+
+    def after_pop(self, coder) -> None:
+        pos = coder.pos()[0]
+        self.low = pos if self.low is None else min(self.low, pos)
+        if self.encoder and pos == 0:
+            raise _Dry()
+
+
+def reservoir(n: int) -> np.ndarray:
+    words = np.random.default_rng(RESERVOIR_SEED).integers(0, 2**32, n, dtype=np.uint32)
+    words[-1] |= 1  # ANS data never ends in a zero word
+    return words
+
+
+# ---------------------------------------------------------------------------
+# Level coordinates (orthonormal basis of each level's subspace).
+
+
+class _Levels:
+    def __init__(self, model: PCDM):
+        self.model = model
+        self.vp = model.map.volume_preserving
+        self.lp = model.map.name == "lp"
+        self.shapes = model.level_shapes
+        self.S = len(self.shapes)
+
+    def n(self, k: int) -> int:
+        return self.model.level_dims[k]
+
+    def to_coords(self, k: int, v: torch.Tensor) -> np.ndarray:
+        if self.lp and k > 0:
+            v = haar_analysis(v)[1]
+        return v.reshape(v.shape[0], -1).double().numpy()
+
+    def from_coords(self, k: int, u: np.ndarray) -> torch.Tensor:
+        b = u.shape[0]
+        c, h, w = self.shapes[k]
+        t = torch.from_numpy(np.ascontiguousarray(u)).float()
+        if self.lp and k > 0:
+            d = t.reshape(b, 3 * c, h // 2, w // 2)
+            return haar_synthesis(torch.zeros(b, c, h // 2, w // 2), d)
+        return t.reshape(b, c, h, w)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Network outputs must not depend on the thread count (decoder = encoder)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------
+# One batch: encoder and decoder, exact mirror images.
+
+
+class _Batch:
+    def __init__(self, model: PCDM, grid: Grid, coder, guard, bar=None):
+        self.model, self.grid, self.coder, self.guard, self.bar = model, grid, coder, guard, bar
+        self.L = _Levels(model)
+        self.K = model.config.K
+        self.alpha0, self.sigma0 = float(grid.alpha[0]), float(grid.sigma[0])
+
+    def _mean_p(self, k, j_i, i, cond) -> np.ndarray:
+        g, T = self.grid, self.grid.T
+        z = self.L.from_coords(k, j_i * g.delta[i])
+        t, s = torch.tensor(i / T), torch.tensor((i - 1) / T)
+        mean, _ = self.model.reverse_step(k, z, t, s, cond)
+        return self.L.to_coords(k, mean)
+
+    def _tick(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    # -- chain of one level -------------------------------------------------
+    def chain_encode(self, k, j0, cond):
+        g, c = self.grid, self.coder
+        j_prev = j0
+        for i in range(1, g.T + 1):
+            mean_q = (g.a_q[i] * (j_prev * g.delta[i - 1])).ravel()
+            j_i = pop_q(c, mean_q, g.s_q[i], g.delta[i], self.guard).reshape(j_prev.shape)
+            mean = self._mean_p(k, j_i, i, cond)
+            push_p(c, j_prev.ravel(), mean.ravel(), g.s_p[i - 1], g.delta[i - 1])
+            j_prev = j_i
+            self._tick()
+        push_p(c, j_prev.ravel(), np.zeros(j_prev.size), 1.0, g.delta[g.T])
+
+    def chain_decode(self, k, b, cond):
+        g, c, T = self.grid, self.coder, self.grid.T
+        shape = (b, self.L.n(k))
+        j_i = pop_p(c, np.zeros(b * shape[1]), 1.0, g.delta[T], self.guard).reshape(shape)
+        for i in range(T, 0, -1):
+            mean = self._mean_p(k, j_i, i, cond)
+            j_prev = pop_p(c, mean.ravel(), g.s_p[i - 1], g.delta[i - 1], self.guard)
+            j_prev = j_prev.reshape(shape)
+            mean_q = g.a_q[i] * (j_prev * g.delta[i - 1])
+            push_q(c, j_i.ravel(), mean_q.ravel(), g.s_q[i], g.delta[i])
+            j_i = j_prev
+            self._tick()
+        return j_i
+
+    # -- z₀ and pixels --------------------------------------------------------
+    def _z0_pop(self, coords: list[np.ndarray]) -> list[np.ndarray]:
+        g = self.grid
+        mean = np.concatenate([self.alpha0 * u for u in coords], axis=1)
+        j = pop_q(self.coder, mean.ravel(), g.s_q[0], g.delta[0], self.guard)
+        j = j.reshape(mean.shape)
+        return np.split(j, np.cumsum([u.shape[1] for u in coords])[:-1], axis=1)
+
+    def _z0_push(self, js: list[np.ndarray], coords: list[np.ndarray]) -> None:
+        g = self.grid
+        mean = np.concatenate([self.alpha0 * u for u in coords], axis=1)
+        j = np.concatenate(js, axis=1)
+        push_q(self.coder, j.ravel(), mean.ravel(), g.s_q[0], g.delta[0])
+
+    def _z0_native(self, ks, js) -> list[torch.Tensor]:
+        return [self.L.from_coords(k, j * self.grid.delta[0]) for k, j in zip(ks, js)]
+
+    def encode(self, x: torch.Tensor) -> None:
+        model, L = self.model, self.L
+        if L.vp:
+            cs = model.map(model.encode(x))
+            coords = [L.to_coords(k, c) for k, c in enumerate(cs)]
+            js = self._z0_pop(coords)
+            z0s = self._z0_native(range(L.S), js)
+            z0 = model.map.inverse(z0s)
+            push_pixels(
+                self.coder, x.reshape(-1).numpy(), z0.reshape(-1).double().numpy(),
+                self.alpha0, self.sigma0, self.K,
+            )  # fmt: skip
+            for k in reversed(range(L.S)):
+                self.chain_encode(k, js[k], model.map.condition(z0s, k))
+        else:
+            xs = model.map(x)
+            clean = [model.encode(xk) for xk in xs]
+            for k in reversed(range(L.S)):
+                coords = [L.to_coords(k, clean[k])]
+                (j0,) = self._z0_pop(coords)
+                (z0,) = self._z0_native([k], [j0])
+                push_pixels(
+                    self.coder, xs[k].reshape(-1).numpy(), z0.reshape(-1).double().numpy(),
+                    self.alpha0, self.sigma0, self.K,
+                )  # fmt: skip
+                self.chain_encode(k, j0, model.map.condition(clean, k))
+
+    def decode(self, b: int, stop_level: int | None = None):
+        """Returns (pixels (b,C,H,W) uint8 or None if stopped early, previews per level)."""
+        model, L = self.model, self.L
+        C, H, W = model.config.image_shape
+        previews = []
+        last = L.S - 1 if stop_level is None else stop_level
+        if L.vp:
+            js = []
+            for k in range(last + 1):
+                cond = model.map.condition(self._z0_native(range(k), js), k)
+                js.append(self.chain_decode(k, b, cond))
+                previews.append(model.preview(self._z0_native(range(k + 1), js)))
+            if last < L.S - 1:
+                return None, previews
+            z0 = model.map.inverse(self._z0_native(range(L.S), js))
+            x = pop_pixels(
+                self.coder, z0.reshape(-1).double().numpy(), self.alpha0, self.sigma0,
+                self.K, self.guard,
+            )  # fmt: skip
+            x = torch.from_numpy(x).reshape(b, C, H, W)
+            cs = model.map(model.encode(x))
+            self._z0_push(js, [L.to_coords(k, c) for k, c in enumerate(cs)])
+            return x.to(torch.uint8), previews
+        clean = []
+        for k in range(last + 1):
+            c, h, w = L.shapes[k]
+            j0 = self.chain_decode(k, b, model.map.condition(clean, k))
+            (z0,) = self._z0_native([k], [j0])
+            xk = pop_pixels(
+                self.coder, z0.reshape(-1).double().numpy(), self.alpha0, self.sigma0,
+                self.K, self.guard,
+            )  # fmt: skip
+            xk = torch.from_numpy(xk).reshape(b, c, h, w)
+            clean.append(model.encode(xk))
+            self._z0_push([j0], [L.to_coords(k, clean[k])])
+            previews.append(xk.to(torch.uint8))
+        if last < L.S - 1:
+            return None, previews
+        x = previews[-1]
+        # The coarser scales are subsamples of the image: a free consistency check.
+        for k, xk in enumerate(model.map(x)):
+            if not torch.equal(xk, previews[k]):
+                raise CodecError("corrupt stream: the decoded scales disagree")
+        return x, previews
+
+
+# ---------------------------------------------------------------------------
+# Whole streams.
+
+
+@dataclass
+class Encoded:
+    words: np.ndarray  # uint32 payload
+    n_init: int  # reservoir words at the start
+    kmin: int  # reservoir words never touched (dropped from the payload)
+    initial_bits: int  # reservoir bits the stream consumed (included in the payload)
+
+
+def _batches(n: int, lanes: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + lanes)) for s in range(0, n, lanes)]
+
+
+def _estimate_reservoir(model: PCDM, grid: Grid, lanes: int) -> int:
+    bits = np.log2(np.sqrt(2 * np.pi * np.e) * grid.s_q / grid.delta)
+    per_dim = 2 * float(bits.max()) + 8
+    return int(lanes * model.dims * per_dim / 32) + 64
+
+
+def _tqdm(total, desc, progress):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+
+
+def encode_images(model: PCDM, images: np.ndarray, steps: int, lanes: int, progress: bool = False) -> Encoded:
+    """Encode uint8 images (N, H, W, C) into one ANS stream (see module docstring)."""
+    model.eval()
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    model.check_input(x_all)
+    _check_params(steps, lanes)
+    batches = _batches(len(images), lanes)
+    with _single_thread():
+        grid = make_grid(model, steps)
+        n_init = _estimate_reservoir(model, grid, min(lanes, len(images)))
+        while True:
+            coder = _AnsCoder(reservoir(n_init))
+            guard = _Guard(encoder=True)
+            bar = _tqdm(len(batches) * len(model.level_shapes) * steps, "compress", progress)
+            try:
+                for start, stop in batches:
+                    _Batch(model, grid, coder, guard, bar).encode(x_all[start:stop].long())
+            except _Dry:
+                n_init *= 4
+                continue
+            finally:
+                bar.close()
+            break
+    words = coder.get_compressed()
+    kmin = int(guard.low if guard.low is not None else n_init - 2)
+    return Encoded(words[kmin:].copy(), n_init, kmin, 32 * (n_init - 2 - kmin) + 64)
+
+
+def decode_stream(
+    model: PCDM,
+    words: np.ndarray,
+    n_images: int,
+    steps: int,
+    lanes: int,
+    n_init: int,
+    kmin: int,
+    preview_level: int | None = None,
+    progress: bool = False,
+):
+    """Decode a stream; returns (images (N,H,W,C) uint8 or None, previews of level
+    ``preview_level`` (0-based) as uint8 (N,h,w,C) or None)."""
+    model.eval()
+    S = len(model.level_shapes)
+    batches = _batches(n_images, lanes)
+    C, H, W = model.config.image_shape
+    images = np.empty((n_images, H, W, C), dtype=np.uint8)
+    preview = None
+    with _single_thread():
+        grid = make_grid(model, steps)
+        try:
+            coder = _AnsCoder(words)
+        except ValueError as err:
+            raise CodecError(f"corrupt .pcdm payload ({err})") from None
+        guard = _Guard(encoder=False)
+        bar = _tqdm(len(batches) * S * steps, "decompress", progress)
+        try:
+            for bi, (start, stop) in reversed(list(enumerate(batches))):
+                stop_level = preview_level if (preview_level is not None and bi == 0) else None
+                x, previews = _Batch(model, grid, coder, guard, bar).decode(stop - start, stop_level)
+                if preview_level is not None:
+                    p = previews[preview_level].permute(0, 2, 3, 1).numpy()
+                    if preview is None:
+                        preview = np.empty((n_images, *p.shape[1:]), dtype=np.uint8)
+                    preview[start:stop] = p
+                if x is not None:
+                    images[start:stop] = x.permute(0, 2, 3, 1).numpy()
+        finally:
+            bar.close()
+    if preview_level is not None and preview_level < S - 1:
+        return None, preview
+    rest = coder.get_compressed()
+    if not np.array_equal(rest, reservoir(n_init)[kmin:]):
+        raise CodecError("corrupt stream: it does not end in the expected initial bits")
+    return images, preview
+
+
+def _check_params(steps: int, lanes: int) -> None:
+    if not 1 <= int(steps) <= MAX_T:
+        raise CodecError(f"--steps must be in 1..{MAX_T}, got {steps}")
+    if not 1 <= int(lanes) <= MAX_LANES:
+        raise CodecError(f"--batch must be in 1..{MAX_LANES}, got {lanes}")
+
+
+# ---------------------------------------------------------------------------
+# Container.
+
+
+@dataclass
+class Header:
+    kind: int
+    fingerprint: bytes
+    T: int
+    B: int
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    n_init: int
+    kmin: int
+    pixel_crc: int
+    names: list[str] | None = None  # kind folder
+    shape: tuple[int, ...] | None = None  # kind npy
+    dtype: str | None = None
+
+
+def _meta_bytes(h: Header) -> bytes:
+    if h.kind == KIND_NPY:
+        dt = h.dtype.encode("ascii")
+        return (
+            struct.pack("<B", len(h.shape))
+            + struct.pack(f"<{len(h.shape)}I", *h.shape)
+            + struct.pack("<B", len(dt))
+            + dt
+        )
+    out = bytearray()
+    for name in h.names:
+        raw = name.encode("utf-8")
+        out += struct.pack("<H", len(raw)) + raw
+    return bytes(out)
+
+
+def pack(h: Header, words: np.ndarray) -> bytes:
+    meta = _meta_bytes(h)
+    payload = np.asarray(words, dtype="<u4").tobytes()
+    fixed = HEADER.pack(
+        MAGIC, VERSION, h.kind, GRID_BITS, 0, h.fingerprint,
+        h.T, h.B, h.N, h.C, h.H, h.W, h.K, h.n_init, h.kmin, len(meta), len(words),
+        h.pixel_crc, zlib.crc32(payload),
+    )  # fmt: skip
+    crc = zlib.crc32(meta, zlib.crc32(fixed))
+    return fixed + HEADER_CRC.pack(crc) + meta + payload
+
+
+def unpack(data: bytes) -> tuple[Header, np.ndarray]:
+    """Parse and validate a .pcdm file (bounds on every field before any allocation)."""
+    if len(data) < HEADER_SIZE:
+        raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
+    fields = HEADER.unpack_from(data, 0)
+    magic, version, kind, grid_bits, _reserved, fp = fields[:6]
+    T, B, N, C, H, W, K, n_init, kmin, meta_len, n_words, pixel_crc, payload_crc = fields[6:]
+    if magic != MAGIC:
+        raise CodecError("not a .pcdm file (bad magic bytes)")
+    if version != VERSION:
+        raise CodecError(f"unsupported .pcdm version {version} (this build reads {VERSION})")
+    if meta_len > len(data) - HEADER_SIZE:
+        raise CodecError("corrupt .pcdm header: metadata length beyond the end of the file")
+    meta = bytes(data[HEADER_SIZE : HEADER_SIZE + meta_len])
+    (crc,) = HEADER_CRC.unpack_from(data, HEADER.size)
+    if zlib.crc32(meta, zlib.crc32(bytes(data[: HEADER.size]))) != crc:
+        raise CodecError("corrupt .pcdm header (checksum mismatch)")
+    # Belt and braces: the header checksum can be forged, the bounds cannot be skipped.
+    if grid_bits != GRID_BITS:
+        raise CodecError(f"unsupported grid setting {grid_bits} in .pcdm header")
+    if kind not in (KIND_NPY, KIND_FOLDER):
+        raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
+    if not (1 <= T <= MAX_T and 1 <= B <= MAX_LANES and 1 <= N <= MAX_IMAGES):
+        raise CodecError(f"corrupt .pcdm header: T={T}, B={B}, N={N} out of range")
+    if C not in (1, 3) or not (1 <= H <= MAX_SIDE and 1 <= W <= MAX_SIDE) or not 2 <= K <= 256:
+        raise CodecError(f"corrupt .pcdm header: image shape {C}×{H}×{W}, K={K} invalid")
+    if not (2 <= n_init < 2**31 and kmin <= n_init - 2):
+        raise CodecError("corrupt .pcdm header: invalid initial-bits record")
+    if HEADER_SIZE + meta_len + 4 * n_words != len(data):
+        raise CodecError(
+            f"truncated or padded .pcdm file: {len(data)} bytes, header says "
+            f"{HEADER_SIZE + meta_len + 4 * n_words}"
+        )
+    if n_words < 2:
+        raise CodecError("corrupt .pcdm file: empty payload")
+    payload = bytes(data[HEADER_SIZE + meta_len :])
+    if zlib.crc32(payload) != payload_crc:
+        raise CodecError("corrupt .pcdm payload (checksum mismatch)")
+    h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc)
+    _parse_meta(h, meta)
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    if words[-1] == 0:
+        raise CodecError("corrupt .pcdm payload (ends in a zero word)")
+    return h, words
+
+
+def _parse_meta(h: Header, meta: bytes) -> None:
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(meta):
+            raise CodecError("corrupt .pcdm header: metadata truncated")
+        out = meta[pos : pos + n]
+        pos += n
+        return out
+
+    if h.kind == KIND_NPY:
+        (ndim,) = struct.unpack("<B", take(1))
+        if ndim not in (3, 4):
+            raise CodecError(f"corrupt .pcdm header: array rank {ndim}")
+        shape = struct.unpack(f"<{ndim}I", take(4 * ndim))
+        want = (h.N, h.H, h.W) + ((h.C,) if ndim == 4 else ())
+        if shape != want or (ndim == 3 and h.C != 1):
+            raise CodecError(f"corrupt .pcdm header: array shape {shape} vs images {want}")
+        (n,) = struct.unpack("<B", take(1))
+        try:
+            dt = np.dtype(take(n).decode("ascii"))
+        except (UnicodeDecodeError, TypeError, ValueError):
+            raise CodecError("corrupt .pcdm header: bad dtype") from None
+        if dt.kind not in "uib" or dt.itemsize > 8:
+            raise CodecError(f"corrupt .pcdm header: dtype {dt} is not an integer type")
+        h.shape, h.dtype = tuple(shape), dt.str
+    else:
+        names = []
+        for _ in range(h.N):
+            (n,) = struct.unpack("<H", take(2))
+            if not 1 <= n <= MAX_NAME:
+                raise CodecError("corrupt .pcdm header: bad file name length")
+            try:
+                name = take(n).decode("utf-8")
+            except UnicodeDecodeError:
+                raise CodecError("corrupt .pcdm header: file name is not UTF-8") from None
+            names.append(check_name(name))
+        if len(set(names)) != len(names):
+            raise CodecError("corrupt .pcdm header: duplicate file names")
+        h.names = names
+    if pos != len(meta):
+        raise CodecError("corrupt .pcdm header: trailing metadata")
+
+
+def check_name(name: str) -> str:
+    """A relative POSIX path that stays inside the output folder."""
+    p = PurePosixPath(name)
+    if (
+        not name
+        or "\x00" in name
+        or "\\" in name
+        or p.is_absolute()
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
+        raise CodecError(f"corrupt .pcdm header: unsafe file name {name!r}")
+    return name
+
+
+def pixel_crc(images: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+
+
+__all__ = [
+    "CodecError",
+    "Encoded",
+    "Header",
+    "decode_stream",
+    "encode_images",
+    "make_grid",
+    "pack",
+    "pixel_crc",
+    "unpack",
+]

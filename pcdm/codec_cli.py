@@ -1,0 +1,238 @@
+"""``pcdm compress`` / ``pcdm decompress`` (SPEC §7, §8): files around :mod:`pcdm.codec`.
+
+INPUT is a folder of images (relative names kept, sorted as :func:`data.read_image_folder`
+reads them) or a ``.npy`` integer array ``(N, H, W)`` / ``(N, H, W, C)``. Decompression
+restores it in the same form: a folder of lossless PNGs with the same relative names
+(a non-PNG suffix becomes ``.png``), or a ``.npy`` with the same shape and dtype. Nothing is
+written unless the whole stream decodes and the pixels match their CRC-32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from . import codec
+from .checkpoint import atomic_write, fingerprint, load_run
+from .data import DataError, as_images, read_image_folder
+
+DEFAULT_STEPS = 100
+DEFAULT_LANES = 64
+
+
+def add_compress_parser(sub) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="losslessly compress images with bits-back ANS",
+        description="Bits-back ANS coding over the T-step model (Bit-Swap order).",
+    )
+    p.add_argument("run", help="run folder of a trained model")
+    p.add_argument("input", help="folder of images or a .npy uint8 array (N,H,W[,C])")
+    p.add_argument("-o", "--output", required=True, help="output .pcdm file")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="T (default %(default)s)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_LANES,
+        help="images coded side by side (lanes; default %(default)s); more lanes are faster "
+        "but need proportionally more one-off initial bits",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_compress)
+
+
+def add_decompress_parser(sub) -> None:
+    p = sub.add_parser(
+        "decompress",
+        help="restore images from a .pcdm file",
+        description="Decode a .pcdm file made by `pcdm compress` with the same model.",
+    )
+    p.add_argument("run", help="run folder of the model that compressed the file")
+    p.add_argument("file", help=".pcdm file")
+    p.add_argument("-o", "--output", required=True, help="output folder or .npy file")
+    p.add_argument(
+        "--preview-level",
+        type=int,
+        default=None,
+        metavar="S",
+        help="stop after level S (1 = coarsest) and write low-resolution previews "
+        "(not checked against the pixel CRC)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_decompress)
+
+
+# ---------------------------------------------------------------------------
+
+
+def read_input(path: str, K: int) -> tuple[np.ndarray, codec.Header]:
+    """Images (N,H,W,C) uint8 and a partial header describing the input's form."""
+    src = Path(path)
+    if src.is_dir():
+        names, images = read_image_folder(src)
+        for name in names:
+            codec.check_name(name)
+        images = as_images(images, K, str(src))
+        h = codec.Header(codec.KIND_FOLDER, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0, names=names)
+        return images, h
+    if src.suffix.lower() != ".npy":
+        raise DataError(f"{src}: give a folder of images or a .npy array")
+    if not src.is_file():
+        raise DataError(f"{src}: file not found")
+    try:
+        array = np.load(src, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{src}: cannot read as a .npy array ({err})") from None
+    if array.ndim not in (3, 4) or array.dtype.kind not in "uib" or array.dtype.itemsize > 8:
+        raise DataError(
+            f"{src}: expected an integer array (N,H,W) or (N,H,W,C), got {array.dtype} {array.shape}"
+        )
+    images = as_images(array, K, str(src))
+    h = codec.Header(codec.KIND_NPY, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0)
+    h.shape, h.dtype = tuple(int(v) for v in array.shape), array.dtype.str
+    return images, h
+
+
+def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, progress):
+    """Encode and pack; returns (file bytes, stats dict)."""
+    C, H, W = model.config.image_shape
+    if images.shape[1:] != (H, W, C):
+        raise DataError(
+            f"images are {images.shape[2]}x{images.shape[1]} with {images.shape[3]} "
+            f"channel(s) but the model expects {W}x{H} with {C}"
+        )
+    t0 = time.perf_counter()
+    enc = codec.encode_images(model, images, steps, lanes, progress=progress)
+    seconds = time.perf_counter() - t0
+    h.fingerprint = fingerprint(model)
+    h.T, h.B, h.N, h.C, h.H, h.W, h.K = steps, lanes, len(images), C, H, W, model.config.K
+    h.n_init, h.kmin, h.pixel_crc = enc.n_init, enc.kmin, codec.pixel_crc(images)
+    blob = codec.pack(h, enc.words)
+    dims = len(images) * model.dims
+    stats = {
+        "bytes": len(blob),
+        "bpd": 8 * len(blob) / dims,
+        "initial_bits": enc.initial_bits,
+        "n_images": len(images),
+        "net_bpd": (8 * len(blob) - enc.initial_bits) / dims,
+        "payload_bpd": 32 * enc.words.size / dims,
+        "steps": steps,
+        "lanes": lanes,
+        "dims": model.dims,
+        "seconds": seconds,
+        "images_per_s": len(images) / seconds if seconds > 0 else float("inf"),
+    }
+    return blob, stats
+
+
+def decompress(model, blob: bytes, preview_level: int | None = None, progress: bool = False):
+    """Unpack and decode; returns (header, images or previews (N,h,w,C) uint8)."""
+    h, words = codec.unpack(blob)
+    if h.fingerprint != fingerprint(model):
+        raise codec.CodecError(
+            "the file was compressed with a different model (fingerprint mismatch); use the "
+            "same run folder and weights"
+        )
+    C, H, W = model.config.image_shape
+    if (h.C, h.H, h.W, h.K) != (C, H, W, model.config.K):
+        raise codec.CodecError("corrupt .pcdm header: image shape does not match the model")
+    S = len(model.level_shapes)
+    if preview_level is not None and not 1 <= preview_level <= S:
+        raise codec.CodecError(f"--preview-level must be in 1..{S} for this model")
+    level = None if preview_level is None or preview_level == S else preview_level - 1
+    images, preview = codec.decode_stream(
+        model, words, h.N, h.T, h.B, h.n_init, h.kmin, preview_level=level, progress=progress
+    )
+    if images is None:
+        return h, preview
+    if codec.pixel_crc(images) != h.pixel_crc:
+        raise codec.CodecError(
+            "decoded pixels fail the CRC check: corrupt file, or decoded on a different "
+            "torch/CPU build than it was encoded with"
+        )
+    return h, images
+
+
+def output_names(names: list[str]) -> list[str]:
+    """Same relative names; non-PNG files get a .png suffix (the output is lossless PNG)."""
+    out = [n if n.lower().endswith(".png") else str(PurePosixPath(n).with_suffix(".png")) for n in names]
+    if len({n.lower() for n in out}) != len(out):
+        out = [n if n.lower().endswith(".png") else n + ".png" for n in names]
+    if len({n.lower() for n in out}) != len(out):
+        raise codec.CodecError("cannot write PNG outputs: file names collide after renaming")
+    return out
+
+
+def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
+    """Write images in the input's form; atomic (nothing is left behind on failure)."""
+    out = Path(output)
+    if h.kind == codec.KIND_NPY:
+        if out.is_dir():
+            raise codec.CodecError(f"{out} is a folder; the file holds a .npy array")
+        n, hh, ww, c = images.shape
+        shape = (n, hh, ww) if len(h.shape) == 3 else (n, hh, ww, c)
+        array = images.reshape(shape).astype(np.dtype(h.dtype))
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+
+        atomic_write(out, write)
+        return [str(out)]
+    from PIL import Image
+
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise codec.CodecError(f"{out} already exists; give a new or empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        written = []
+        for name, img in zip(output_names(h.names), images):
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            mode = "L" if img.shape[-1] == 1 else "RGB"
+            Image.fromarray(img[..., 0] if mode == "L" else img, mode).save(path, format="PNG")
+            written.append(str(out / name))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def run_compress(args) -> int:
+    model, _ = load_run(args.run)
+    images, h = read_input(args.input, model.config.K)
+    blob, stats = compress(model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json))
+    atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(
+            f"{stats['n_images']} images -> {args.output}: {stats['bytes']} bytes, "
+            f"{stats['bpd']:.4f} bpd ({stats['net_bpd']:.4f} without the "
+            f"{stats['initial_bits']} initial bits)"
+        )
+    return 0
+
+
+def run_decompress(args) -> int:
+    model, _ = load_run(args.run)
+    path = Path(args.file)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    blob = path.read_bytes()
+    h, images = decompress(model, blob, args.preview_level, progress=not args.quiet)
+    write_output(h, images, args.output)
+    what = "previews" if images.shape[1:3] != (h.H, h.W) else "images"
+    print(f"{len(images)} {what} -> {args.output}")
+    return 0

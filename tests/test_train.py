@@ -1,0 +1,197 @@
+"""Training at scale: DDP equivalence, exact resume after SIGKILL, safe checkpoints, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pcdm.checkpoint import RunError, load_run, save_tensors
+from pcdm.cli import main
+from pcdm.model import ModelConfig
+from pcdm.presets import PRESETS
+from pcdm.train import TrainConfig, batch_indices, train
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+TRAIN = [sys.executable, "-m", "pcdm.cli", "train"]
+COMMON = [
+    "--data",
+    "digits",
+    "--preset",
+    "tiny",
+    "--log-every",
+    "1",
+    "--sample-steps",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_batch_indices_shard_the_global_batch():
+    # One process with batch 2b sees exactly the union of what two ranks with batch b see.
+    idx = batch_indices(100, 16, seed=3, micro=7)
+    assert len(set(idx)) == 16
+    epoch = np.concatenate([batch_indices(100, 16, 3, m) for m in range(6)])
+    assert len(set(epoch)) == 96  # a permutation, drop-last
+    assert not np.array_equal(batch_indices(100, 16, 3, 0), batch_indices(100, 16, 3, 6))  # new epoch
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [*COMMON, "--steps", "6", "--model", "w-pcdm"]
+    subprocess.run(
+        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    res = subprocess.run(
+        [*torchrun, "-m", "pcdm.cli", "train", "--out", str(two), "--batch", "8", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = metrics(one), metrics(two)
+    assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, 7))
+    np.testing.assert_allclose([m["loss"] for m in a], [m["loss"] for m in b], rtol=1e-4)
+    wa, wb = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5)
+    cfg = json.loads((two / "config.json").read_text())
+    assert cfg["train"]["batch"] == 8  # per rank; global batch 16
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = [*COMMON, "--steps", "300", "--ckpt-every", "50", "--model", "lp-pcdm"]
+    subprocess.run([*TRAIN, "--out", str(full), *args], env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*TRAIN, "--out", str(killed), *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    target = killed / "ckpt" / "step_00000100"
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    last = sorted((killed / "ckpt").glob("step_*"))[-1]
+    resumed_from = int(last.name.split("_")[1])
+    assert 100 <= resumed_from < 300
+    res = subprocess.run([*TRAIN, "--resume", str(killed)], env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = {m["step"]: m["loss"] for m in metrics(full)}
+    b = {m["step"]: m["loss"] for m in metrics(killed)}
+    assert sorted(b) == list(range(1, 301))  # no duplicated or missing log lines
+    after = [s for s in a if s > resumed_from]
+    assert [a[s] for s in after] == [b[s] for s in after]  # bit-identical continuation
+    for name in ("model.safetensors", "ema.safetensors"):
+        wa, wb = load_file(str(full / name)), load_file(str(killed / name))
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickle_payload_is_refused(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "2", *COMMON]) == 0
+    payload = _Payload()
+    marker = tmp_path / "pwned"
+    payload.marker = marker
+    for name in ("ema.safetensors", "model.safetensors"):
+        (run / name).write_bytes(pickle.dumps({"weight": payload}))
+    with pytest.raises(RunError, match="not a valid safetensors"):
+        load_run(run)
+    ck = sorted((run / "ckpt").glob("step_*"))[-1]
+    (ck / "optim.safetensors").write_bytes(pickle.dumps(payload))
+    assert main(["train", "--resume", str(run), "--steps", "4"]) != 0
+    assert not marker.exists()
+
+
+def test_nan_checkpoint_is_never_written(tmp_path):
+    with pytest.raises(RunError, match="non-finite"):
+        save_tensors(tmp_path / "w.safetensors", {"w": torch.tensor([1.0, float("nan")])})
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_nonfinite_loss_skips_then_stops(tmp_path, monkeypatch):
+    from pcdm import model as model_mod
+
+    real = model_mod.PCDM.nelbo
+    calls = {"n": 0, "bad": {2, 3}}
+
+    def flaky(self, x, *a, **k):
+        b = real(self, x, *a, **k)
+        calls["n"] += 1
+        if calls["n"] in calls["bad"]:
+            b.diffusion = b.diffusion * float("nan")
+        return b
+
+    monkeypatch.setattr(model_mod.PCDM, "nelbo", flaky)
+    mcfg = ModelConfig(model="w-pcdm", image_shape=(1, 8, 8), K=17, **PRESETS["tiny"]["model"])
+    tcfg = TrainConfig(data="digits", steps=6, batch=8, sample_steps=0, log_every=1)
+    with pytest.warns(UserWarning, match="non-finite"):
+        out = train(mcfg, tcfg, tmp_path / "ok", device="cpu")
+    assert out["step"] == 6
+    for t in load_file(str(tmp_path / "ok" / "model.safetensors")).values():
+        assert torch.isfinite(t).all()
+    calls["n"], calls["bad"] = 0, set(range(100))
+    with pytest.raises(RunError, match="consecutive non-finite"), pytest.warns(UserWarning):
+        train(
+            mcfg,
+            TrainConfig(data="digits", steps=20, batch=8, sample_steps=0, max_bad_steps=3),
+            tmp_path / "bad",
+        )
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_paper_presets_resolve_and_count_parameters(tmp_path, capsys):
+    arr = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", arr)
+    counts = {}
+    for model in ("vdm", "w-pcdm"):
+        code = main(
+            [
+                "train",
+                "--preset",
+                f"cifar10-{model}",
+                "--data",
+                str(tmp_path / "rgb.npy"),
+                "--out",
+                str(tmp_path / model),
+                "--dry-run",
+            ]
+        )
+        assert code == 0
+        out = json.loads(capsys.readouterr().out)
+        counts[model] = out["params"]
+        assert out["train"]["ema"] == 0.9999 and out["train"]["lr"] == 2e-4
+    assert 20e6 < counts["vdm"] < 60e6  # paper: 35M for the base model
+    assert counts["w-pcdm"] > counts["vdm"]  # base + conditional super-resolution network
