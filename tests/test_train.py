@@ -195,3 +195,18 @@ def test_paper_presets_resolve_and_count_parameters(tmp_path, capsys):
         assert out["train"]["ema"] == 0.9999 and out["train"]["lr"] == 2e-4
     assert 20e6 < counts["vdm"] < 60e6  # paper: 35M for the base model
     assert counts["w-pcdm"] > counts["vdm"]  # base + conditional super-resolution network
+
+
+def test_gpu_check_script_runs_on_cpu():
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")],
+        env=dict(ENV, SECONDS_PER_MODEL="0.5"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [r["model"] for r in rows] == ["vdm", "w-pcdm"]
+    assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in rows)
