@@ -44,13 +44,16 @@ class ModelConfig:
     dropout: float = 0.0
     fourier: tuple[int, int] | str | None = "auto"  # Fourier exponents n (pixel grid), "auto", None
     schedule: str = "learned"  # fixed | learned | monotone
-    gamma_min: float = -13.3  # γ(0) at initialisation
+    gamma_min: float | None = None  # γ(0) at init; None: −13.3 + 2 ln(256/K), VDM's σ₀ per bin width
     gamma_max: float = 5.0  # γ(1) at initialisation
 
     def __post_init__(self):
         if self.model not in MODEL_MAPS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_MAPS)}")
         self.image_shape = tuple(int(v) for v in self.image_shape)
+        if self.gamma_min is None:
+            # VDM's −13.3 is for K = 256; keep σ₀ the same fraction of the bin width 2/K.
+            self.gamma_min = -13.3 + 2 * math.log(256 / self.K)
         if self.fourier == "auto":
             # VDM uses n = 6..8 for K = 256: frequencies around the grid spacing 2/K.
             c = round(math.log2(self.K / 2))
