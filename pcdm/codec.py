@@ -32,6 +32,14 @@ never fails. All chain inputs are the quantised values, so the decoder sees exac
 the encoder saw; network calls run single-threaded (torch thread count restored after)
 so their outputs do not depend on the caller's thread count.
 
+Clean bits: ANS hands a pop the quantiles of the symbols pushed last; where the model
+fits the pushed data imperfectly those are not uniform, the popped latents are then not
+samples of q and the code exceeds the ELBO (measured: +7 % at T = 16 for a briefly trained
+model). Before every pop from q the top 16-bit chunks of the stack (1.25 × the pop's
+expected bits + 64) are replaced by (u + r) mod 2¹⁶ with r from a PRNG seeded by
+(batch, level, step): a bijection done with uniform pops/pushes, free in bits and undone
+exactly by the decoder. With it the same case is within 0.2 % of the ELBO.
+
 Initial bits: the stack starts from a deterministic pseudo-random reservoir of words
 (fixed seed). The encoder records the lowest stack position ever reached (``kmin``); the
 reservoir words below it were never touched and are dropped from the file. The file's
@@ -85,6 +93,7 @@ MEAN_QUANT = 2.0**-12  # mean offsets rounded to this fraction of a bin
 POP_STDS = 10.0  # support of a pop: ±10 std
 MAX_EXP = 22  # pushes: support at most ±2^22 bins (constriction needs < 2^24 symbols)
 RESERVOIR_SEED = 0x50434D44
+WHITEN_SEED = 0x57484954
 PIXEL_CHUNK = 8192  # rows of the categorical pixel model per constriction call
 HEADER = struct.Struct("<4sBBBB32s13I")
 HEADER_CRC = struct.Struct("<I")
@@ -99,6 +108,7 @@ _AnsCoder = constriction.stream.stack.AnsCoder
 _QG = constriction.stream.model.QuantizedGaussian
 _CAT = constriction.stream.model.Categorical(perfect=False)
 _UNIFORM = constriction.stream.model.Uniform
+_CHUNK = _UNIFORM(1 << 16)
 
 
 class CodecError(ValueError):
@@ -164,17 +174,41 @@ def _pop_support(std_bins: float) -> int:
     return int(math.ceil(POP_STDS * std_bins)) + 1
 
 
-def pop_q(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard) -> np.ndarray:
-    """Sample j ~ q on δℤ by popping (fixed ±10σ support)."""
+def _whiten_chunks(n: int, std_bins: float) -> int:
+    """16-bit chunks to whiten before popping n symbols: 1.25 × their expected bits + 64."""
+    bits = n * max(1.0, math.log2(math.sqrt(2 * math.pi * math.e) * std_bins))
+    return int(math.ceil((1.25 * bits + 64) / 16))
+
+
+def _whiten(coder, m: int, tag: tuple[int, ...], guard: _Guard | None, undo: bool) -> None:
+    """Replace the top m 16-bit chunks u of the stack by (u ± r) mod 2^16, r pseudo-random.
+
+    ANS hands a pop the quantile of the symbols pushed last. Under a model that fits the
+    pushed data imperfectly those quantiles are not uniform ("dirty bits"), so the popped
+    latents would not be samples of q and the code would exceed the ELBO. Adding a
+    reproducible pseudo-random offset (a bijection, exactly undone by the decoder) makes
+    them uniform again; it costs no bits (a uniform pop and push of the same size).
+    """
+    r = np.random.default_rng([WHITEN_SEED, *tag]).integers(0, 1 << 16, m, dtype=np.int64)
+    u = coder.decode(_CHUNK, m).astype(np.int64)
+    if guard is not None:
+        guard.after_pop(coder)
+    v = (u - r) % (1 << 16) if undo else (u + r) % (1 << 16)
+    coder.encode_reverse(v.astype(np.int32), _CHUNK)
+
+
+def pop_q(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard, tag) -> np.ndarray:
+    """Sample j ~ q on δℤ by popping (fixed ±10σ support), from whitened bits."""
     centre, off = _centre(mean, delta)
     sb = std / delta
     R = _pop_support(sb)
+    _whiten(coder, _whiten_chunks(off.size, sb), tag, guard, undo=False)
     sym = coder.decode(_QG(-R, R), off, np.full(off.shape, sb))
     guard.after_pop(coder)
     return centre + sym.astype(np.int64)
 
 
-def push_q(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float) -> None:
+def push_q(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float, tag) -> None:
     """Inverse of :func:`pop_q` (decoder side): give the bits back."""
     centre, off = _centre(mean, delta)
     sb = std / delta
@@ -183,6 +217,7 @@ def push_q(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float) -> 
     if np.abs(sym).max(initial=0) > R:
         raise CodecError("corrupt stream: a latent lies outside its posterior's support")
     _encode(coder, sym.astype(np.int32), _QG(-R, R), off, np.full(off.shape, sb))
+    _whiten(coder, _whiten_chunks(off.size, sb), tag, None, undo=True)
 
 
 def _min_exp(sb: float) -> int:
@@ -269,6 +304,9 @@ class _Guard:
         self.low = pos if self.low is None else min(self.low, pos)
         if self.encoder and pos == 0:
             raise _Dry()
+        if not self.encoder and coder.pos()[1] < 2**32:
+            # A valid stream never drains the ANS head: this one ran out of data.
+            raise CodecError("corrupt stream: it ran out of data before the end")
 
 
 def reservoir(n: int) -> np.ndarray:
@@ -324,7 +362,8 @@ def _single_thread():
 
 
 class _Batch:
-    def __init__(self, model: PCDM, grid: Grid, coder, guard, bar=None):
+    def __init__(self, model: PCDM, grid: Grid, coder, guard, bar=None, index: int = 0):
+        self.index = index
         self.model, self.grid, self.coder, self.guard, self.bar = model, grid, coder, guard, bar
         self.L = _Levels(model)
         self.K = model.config.K
@@ -347,7 +386,8 @@ class _Batch:
         j_prev = j0
         for i in range(1, g.T + 1):
             mean_q = (g.a_q[i] * (j_prev * g.delta[i - 1])).ravel()
-            j_i = pop_q(c, mean_q, g.s_q[i], g.delta[i], self.guard).reshape(j_prev.shape)
+            j_i = pop_q(c, mean_q, g.s_q[i], g.delta[i], self.guard, (self.index, k, i))
+            j_i = j_i.reshape(j_prev.shape)
             mean = self._mean_p(k, j_i, i, cond)
             push_p(c, j_prev.ravel(), mean.ravel(), g.s_p[i - 1], g.delta[i - 1])
             j_prev = j_i
@@ -363,24 +403,24 @@ class _Batch:
             j_prev = pop_p(c, mean.ravel(), g.s_p[i - 1], g.delta[i - 1], self.guard)
             j_prev = j_prev.reshape(shape)
             mean_q = g.a_q[i] * (j_prev * g.delta[i - 1])
-            push_q(c, j_i.ravel(), mean_q.ravel(), g.s_q[i], g.delta[i])
+            push_q(c, j_i.ravel(), mean_q.ravel(), g.s_q[i], g.delta[i], (self.index, k, i))
             j_i = j_prev
             self._tick()
         return j_i
 
     # -- z₀ and pixels --------------------------------------------------------
-    def _z0_pop(self, coords: list[np.ndarray]) -> list[np.ndarray]:
+    def _z0_pop(self, coords: list[np.ndarray], k: int) -> list[np.ndarray]:
         g = self.grid
         mean = np.concatenate([self.alpha0 * u for u in coords], axis=1)
-        j = pop_q(self.coder, mean.ravel(), g.s_q[0], g.delta[0], self.guard)
+        j = pop_q(self.coder, mean.ravel(), g.s_q[0], g.delta[0], self.guard, (self.index, k, 0))
         j = j.reshape(mean.shape)
         return np.split(j, np.cumsum([u.shape[1] for u in coords])[:-1], axis=1)
 
-    def _z0_push(self, js: list[np.ndarray], coords: list[np.ndarray]) -> None:
+    def _z0_push(self, js: list[np.ndarray], coords: list[np.ndarray], k: int) -> None:
         g = self.grid
         mean = np.concatenate([self.alpha0 * u for u in coords], axis=1)
         j = np.concatenate(js, axis=1)
-        push_q(self.coder, j.ravel(), mean.ravel(), g.s_q[0], g.delta[0])
+        push_q(self.coder, j.ravel(), mean.ravel(), g.s_q[0], g.delta[0], (self.index, k, 0))
 
     def _z0_native(self, ks, js) -> list[torch.Tensor]:
         return [self.L.from_coords(k, j * self.grid.delta[0]) for k, j in zip(ks, js)]
@@ -390,7 +430,7 @@ class _Batch:
         if L.vp:
             cs = model.map(model.encode(x))
             coords = [L.to_coords(k, c) for k, c in enumerate(cs)]
-            js = self._z0_pop(coords)
+            js = self._z0_pop(coords, 0)
             z0s = self._z0_native(range(L.S), js)
             z0 = model.map.inverse(z0s)
             push_pixels(
@@ -404,7 +444,7 @@ class _Batch:
             clean = [model.encode(xk) for xk in xs]
             for k in reversed(range(L.S)):
                 coords = [L.to_coords(k, clean[k])]
-                (j0,) = self._z0_pop(coords)
+                (j0,) = self._z0_pop(coords, k)
                 (z0,) = self._z0_native([k], [j0])
                 push_pixels(
                     self.coder, xs[k].reshape(-1).numpy(), z0.reshape(-1).double().numpy(),
@@ -433,7 +473,7 @@ class _Batch:
             )  # fmt: skip
             x = torch.from_numpy(x).reshape(b, C, H, W)
             cs = model.map(model.encode(x))
-            self._z0_push(js, [L.to_coords(k, c) for k, c in enumerate(cs)])
+            self._z0_push(js, [L.to_coords(k, c) for k, c in enumerate(cs)], 0)
             return x.to(torch.uint8), previews
         clean = []
         for k in range(last + 1):
@@ -446,7 +486,7 @@ class _Batch:
             )  # fmt: skip
             xk = torch.from_numpy(xk).reshape(b, c, h, w)
             clean.append(model.encode(xk))
-            self._z0_push([j0], [L.to_coords(k, clean[k])])
+            self._z0_push([j0], [L.to_coords(k, clean[k])], k)
             previews.append(xk.to(torch.uint8))
         if last < L.S - 1:
             return None, previews
@@ -476,7 +516,7 @@ def _batches(n: int, lanes: int) -> list[tuple[int, int]]:
 
 def _estimate_reservoir(model: PCDM, grid: Grid, lanes: int) -> int:
     bits = np.log2(np.sqrt(2 * np.pi * np.e) * grid.s_q / grid.delta)
-    per_dim = 2 * float(bits.max()) + 8
+    per_dim = 5 * float(bits.max()) + 16  # z₀ pop, whitening, one chain step, margin
     return int(lanes * model.dims * per_dim / 32) + 64
 
 
@@ -501,8 +541,8 @@ def encode_images(model: PCDM, images: np.ndarray, steps: int, lanes: int, progr
             guard = _Guard(encoder=True)
             bar = _tqdm(len(batches) * len(model.level_shapes) * steps, "compress", progress)
             try:
-                for start, stop in batches:
-                    _Batch(model, grid, coder, guard, bar).encode(x_all[start:stop].long())
+                for bi, (start, stop) in enumerate(batches):
+                    _Batch(model, grid, coder, guard, bar, bi).encode(x_all[start:stop].long())
             except _Dry:
                 n_init *= 4
                 continue
@@ -530,9 +570,8 @@ def decode_stream(
     model.eval()
     S = len(model.level_shapes)
     batches = _batches(n_images, lanes)
-    C, H, W = model.config.image_shape
-    images = np.empty((n_images, H, W, C), dtype=np.uint8)
-    preview = None
+    parts: dict[int, np.ndarray] = {}
+    previews_out: dict[int, np.ndarray] = {}
     with _single_thread():
         grid = make_grid(model, steps)
         try:
@@ -544,18 +583,20 @@ def decode_stream(
         try:
             for bi, (start, stop) in reversed(list(enumerate(batches))):
                 stop_level = preview_level if (preview_level is not None and bi == 0) else None
-                x, previews = _Batch(model, grid, coder, guard, bar).decode(stop - start, stop_level)
+                x, previews = _Batch(model, grid, coder, guard, bar, bi).decode(stop - start, stop_level)
+                # Collected per batch (no allocation from the header's image count).
                 if preview_level is not None:
-                    p = previews[preview_level].permute(0, 2, 3, 1).numpy()
-                    if preview is None:
-                        preview = np.empty((n_images, *p.shape[1:]), dtype=np.uint8)
-                    preview[start:stop] = p
+                    previews_out[bi] = previews[preview_level].permute(0, 2, 3, 1).numpy()
                 if x is not None:
-                    images[start:stop] = x.permute(0, 2, 3, 1).numpy()
+                    parts[bi] = x.permute(0, 2, 3, 1).numpy()
         finally:
             bar.close()
-    if preview_level is not None and preview_level < S - 1:
-        return None, preview
+    preview = None
+    if preview_level is not None:
+        preview = np.concatenate([previews_out[i] for i in range(len(batches))])
+        if preview_level < S - 1:
+            return None, preview
+    images = np.concatenate([parts[i] for i in range(len(batches))])
     rest = coder.get_compressed()
     if not np.array_equal(rest, reservoir(n_init)[kmin:]):
         raise CodecError("corrupt stream: it does not end in the expected initial bits")

@@ -144,6 +144,11 @@ def decompress(model, blob: bytes, preview_level: int | None = None, progress: b
     if (h.C, h.H, h.W, h.K) != (C, H, W, model.config.K):
         raise codec.CodecError("corrupt .pcdm header: image shape does not match the model")
     S = len(model.level_shapes)
+    n_batches = -(-h.N // h.B)
+    if 32 * len(words) < max(h.N, h.T * S * n_batches):
+        # Every image and every chain step of a batch costs bits (the support exponent
+        # alone is several): a payload this small cannot hold what the header claims.
+        raise codec.CodecError("corrupt .pcdm file: payload too small for its header")
     if preview_level is not None and not 1 <= preview_level <= S:
         raise codec.CodecError(f"--preview-level must be in 1..{S} for this model")
     level = None if preview_level is None or preview_level == S else preview_level - 1

@@ -202,12 +202,33 @@ class PCDM(nn.Module):
         return self.map.project(k, self.nets[k](z, gamma, cond))
 
     def log_p_x_given_z0(self, x: Tensor, z0: Tensor, gamma_0: Tensor) -> Tensor:
-        """VDM's discrete per-pixel decoder, summed over pixels: log p(x | z₀), (N,)."""
+        """VDM's discrete per-pixel decoder, summed over pixels: log p(x | z₀), (N,).
+
+        logits over v: −½ ((u − e_v)/s)², u = z₀/α₀, s = σ₀/α₀, e_v = 2(v + ½)/K − 1.
+        The normaliser only needs the values near u: with v* the value nearest to u, a value
+        j ≥ 1 bins away has log-weight below the largest by at least ½ j(j−1) (Δ/s)²
+        (Δ = 2/K), so all values more than W bins away together weigh less than
+        K exp(−½ W(W+1) (Δ/s)²) ≤ 2⁻⁶⁰ times the largest when W is chosen as below: the
+        windowed log-sum-exp equals the full one to within floating-point rounding. For
+        K = 256 at VDM's γ₀ that is 5 values instead of 256 (the N·d·K logits tensor was
+        most of a W-PCDM training step); a wide s falls back to all K values.
+        """
         K = self.config.K
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
-        values = 2 * (torch.arange(K, device=z0.device, dtype=z0.dtype) + 0.5) / K - 1
-        logits = -0.5 * ((z0[..., None] / alpha_0 - values) / (sigma_0 / alpha_0)) ** 2
-        logp = logits.gather(-1, x.long()[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        u, s = z0 / alpha_0, sigma_0 / alpha_0
+        x = x.long()
+        logit_x = -0.5 * ((u - (2 * (x.to(u.dtype) + 0.5) / K - 1)) / s) ** 2
+        ratio2 = (2 / K / float(s.detach())) ** 2  # (Δ/s)²
+        need = 2 * (60 * math.log(2) + math.log(K)) / ratio2  # W(W+1) ≥ need
+        w = math.ceil((math.sqrt(1 + 4 * need) - 1) / 2)
+        if 2 * w + 1 >= K:
+            bins = torch.arange(K, device=z0.device)
+        else:
+            nearest = torch.round((u.detach() + 1) * K / 2 - 0.5).clamp(w, K - 1 - w).long()
+            bins = nearest[..., None] + torch.arange(-w, w + 1, device=z0.device)
+        values = 2 * (bins.to(u.dtype) + 0.5) / K - 1
+        logits = -0.5 * ((u[..., None] - values) / s) ** 2
+        logp = logit_x - torch.logsumexp(logits, -1)
         return logp.flatten(1).sum(1)
 
     def prior_kl(self, c: Tensor, n: int, gamma_1: Tensor) -> Tensor:

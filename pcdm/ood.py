@@ -542,13 +542,18 @@ def cmd_ood(args) -> int:
         progress=sys.stderr.isatty(),
         log=log,
     )
-    roc = args.roc or run / ROC_FILE
-    plot_roc(result, roc)
+    roc: Path | None = args.roc or run / ROC_FILE
+    try:
+        plot_roc(result, roc)
+    except OSError as err:  # e.g. a read-only run folder: keep the numbers, say why no plot
+        log(f"warning: could not write the ROC plot {roc} ({err})")
+        roc = None
     out = result.to_json()
-    out["roc"] = str(roc)
+    out["roc"] = str(roc) if roc else None
     if args.json:
         print(json.dumps(out))
     else:
         print(format_table(result))
-        print(f"ROC curves: {roc}")
+        if roc:
+            print(f"ROC curves: {roc}")
     return 0

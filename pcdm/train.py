@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import dist
@@ -76,6 +76,18 @@ def batch_indices(n_data: int, global_batch: int, seed: int, micro: int) -> np.n
 def noise_seed(seed: int, step: int, micro: int) -> int:
     """Seed of the noise of one micro-step: the same on every rank and after a resume."""
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def ema_with_warmup(decay: float):
+    """EMA whose rate ramps up, min(decay, (1 + n) / (10 + n)): short runs are not
+    dominated by the random initial weights (the EMA weights are what eval uses)."""
+
+    def avg_fn(averaged, current, n_averaged):
+        n = float(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+
+    return avg_fn
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -158,7 +170,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     data = load(cfg.data, "train", limit=cfg.limit)
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
     model = PCDM(model_cfg).to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay
     )

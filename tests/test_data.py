@@ -63,9 +63,7 @@ def write_imagenet_batch(path: Path, images: np.ndarray) -> None:
 def write_png_folder(folder: Path, images: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(
-            folder / f"img_{i:03d}.png"
-        )
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(folder / f"img_{i:03d}.png")
 
 
 # ---------------------------------------------------------------------------
@@ -105,9 +103,7 @@ def test_npy_splits_and_limit(tmp_path):
     np.testing.assert_array_equal(train.images[..., 0], x[:18])
     np.testing.assert_array_equal(test.images[..., 0], x[18:])
     assert load(str(tmp_path / "x.npy"), "all").images.shape[0] == 20
-    np.testing.assert_array_equal(
-        load(str(tmp_path / "x.npy"), "test", limit=1).images[0, ..., 0], x[18]
-    )
+    np.testing.assert_array_equal(load(str(tmp_path / "x.npy"), "test", limit=1).images[0, ..., 0], x[18])
     assert test.name == "x.npy:test"
 
 
@@ -298,9 +294,7 @@ def test_cifar_tar_gz(tmp_path):
     dest.mkdir()
     with tarfile.open(dest / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
-    np.testing.assert_array_equal(
-        load(f"cifar10:{dest}", "all").images, np.concatenate([train, test])
-    )
+    np.testing.assert_array_equal(load(f"cifar10:{dest}", "all").images, np.concatenate([train, test]))
     assert (dest / "cifar-10-batches-py" / "test_batch").is_file()
 
 

@@ -1,0 +1,104 @@
+"""benchmarks/ablation.py end to end on a tiny budget: four models, curves, both equal-budget
+comparisons, codecs, and --reuse skipping finished runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcdm.baselines import available_codecs
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    return _script()
+
+
+def test_time_at_interpolates_and_extrapolates(ablation):
+    steps, times = np.array([10.0, 20.0, 30.0]), np.array([1.0, 2.0, 4.0])
+    assert ablation.time_at(20, steps, times) == 2.0
+    assert ablation.time_at(25, steps, times) == pytest.approx(3.0)
+    assert ablation.time_at(5, steps, times) == pytest.approx(0.5)
+    assert ablation.time_at(35, steps, times) == pytest.approx(5.0)  # last rate: 0.2 s/step
+
+
+def test_minutes_for_parsing(ablation):
+    args = ablation.parse_args(["--minutes-for", "fashion-mnist=4", "--minutes-for", "skimage32=2.5"])
+    assert args.minutes_for == {"fashion-mnist": 4.0, "skimage32": 2.5}
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--minutes-for", "nonsense"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--models", "vdm,gan"])
+
+
+def test_ablation_end_to_end(ablation, tmp_path, capsys):
+    results, work = tmp_path / "results", tmp_path / "work"
+    common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "50"]
+    common += ["--out-dir", str(work), "--results-dir", str(results)]
+    assert ablation.main([*common, "--minutes", "0.1"]) == 0
+
+    md = (results / "ablation.md").read_text()
+    report = json.loads((results / "ablation.json").read_text())
+    png = results / "ablation_digits.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (ds,) = report["datasets"]
+    assert ds["data"] == "digits" and ds["n_test"] == 297 and ds["n_curve"] == 50
+    assert set(ds["models"]) == set(MODELS)
+    for name, r in ds["models"].items():
+        et, ei = r["equal_time"], r["equal_images"]
+        assert math.isfinite(et["bpd"]) and et["bpd"] > 0 and math.isfinite(et["bpd_se"]), name
+        assert et["n_images"] == 297
+        assert ei is not None and math.isfinite(ei["bpd"]) and ei["step"] <= ds["common_step"], name
+        assert ei["images_seen"] == ei["step"] * r["batch"]
+        assert r["final_step"] >= ds["common_step"] and r["params"] > 0
+        assert len(r["curve"]) >= 1 and all(math.isfinite(c["bpd"]) for c in r["curve"])
+        assert r["curve"][-1]["step"] == r["final_step"]
+        times = [c["minutes"] for c in r["curve"]]
+        assert times == sorted(times) and 0 < times[-1] < 1
+        assert f"| {name} |" in md
+    # The slowest model is compared at its final step in both tables.
+    slowest = min(ds["models"].values(), key=lambda r: r["final_step"])
+    assert slowest["equal_images"]["bpd"] == slowest["equal_time"]["bpd"]
+
+    expected = [c for c in ("png", "webp", "jpegxl") if c in available_codecs()]
+    assert expected, "no classical codec available"
+    for c in expected:
+        assert math.isfinite(ds["codecs"][c]["bpd"])
+        assert f"| {c} (lossless) |" in md
+    assert "| best classical codec per image |" in md
+    assert ds["codecs"]["best"]["bpd"] <= min(ds["codecs"][c]["bpd"] for c in expected) + 1e-9
+
+    assert set(ds["ordering"]["equal_time"]["observed"]) == set(MODELS)
+    assert "w-pcdm < lp-pcdm < vdm < c-vdm" in md and "Observed at equal wall-clock" in md
+    for needle in ("Command: `python benchmarks/ablation.py", "Seeds:", "Machine:", "torch", "Date:"):
+        assert needle in md
+    assert report["meta"]["cpu_count"] >= 1
+
+    # --reuse: the finished runs are not trained again (same settings), --fast evaluates the
+    # equal-images point on the curve subset.
+    capsys.readouterr()
+    assert ablation.main([*common, "--minutes", "0.1", "--reuse", "--fast"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 4 and "pcdm train" not in out
+    again = json.loads((results / "ablation.json").read_text())["datasets"][0]
+    assert again["equal_images_on"] == "curve subset"
+    for name, r in again["models"].items():
+        assert r["final_step"] == ds["models"][name]["final_step"]
+        assert r["equal_images"]["n_images"] == 50
+    assert "curve subset (50 images)" in (results / "ablation.md").read_text()

@@ -1,0 +1,272 @@
+"""Bits-back ANS codec (SPEC §7) and the compress / decompress CLI (SPEC §8).
+
+A tiny w-pcdm is trained for a few seconds on Fashion-MNIST and saved as a run folder.
+Round trips go through the real CLI; the decoder runs in a fresh process with a different
+torch thread count than the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcdm import codec, codec_cli, data
+from pcdm.checkpoint import load_run, save_tensors, write_json
+from pcdm.cli import main
+from pcdm.evaluate import per_image_bpd, to_tensor
+from pcdm.model import PCDM, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+T_TEST = 16  # steps for the round trip (small for speed)
+N_TEST = 1000
+
+
+def tiny_config(**kw) -> ModelConfig:
+    # A narrow fixed γ range keeps a briefly trained model reasonably calibrated per step,
+    # which bits-back needs for its popped bits to be clean (see codec docstring).
+    args = dict(
+        model="w-pcdm",
+        levels=2,
+        image_shape=(1, 28, 28),
+        width=16,
+        depth=1,
+        attention=False,
+        schedule="fixed",
+        gamma_min=-6.0,
+        gamma_max=4.0,
+    )
+    args.update(kw)
+    return ModelConfig(**args)
+
+
+def save_run(path: Path, model: PCDM) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / "model.safetensors", model.state_dict())
+    write_json(path / "config.json", {"model": model.config.to_dict()})
+    return path
+
+
+def train_tiny(config: ModelConfig, steps: int, seed: int = 0) -> PCDM:
+    torch.manual_seed(seed)
+    model = PCDM(config)
+    train = data.load("fashion-mnist", split="train", limit=2048).images
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(train), (32,), generator=gen).numpy()
+        loss = model(to_tensor(train[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return save_run(tmp_path_factory.mktemp("codec") / "run", train_tiny(tiny_config(), 40))
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    return data.load("fashion-mnist", split="test", limit=N_TEST).images
+
+
+@pytest.fixture(scope="module")
+def small_file(run, test_images) -> bytes:
+    model, _ = load_run(run)
+    images, h = test_images[:12], codec.Header(codec.KIND_NPY, b"", *[0] * 10)
+    h.shape, h.dtype = (12, 28, 28), "|u1"
+    blob, _ = codec_cli.compress(model, images[..., 0][..., None], h, 3, 4, progress=False)
+    return blob
+
+
+def cli(*args: str, threads: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "pcdm.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@contextmanager
+def time_limit(seconds: int):
+    def fail(*_):
+        raise TimeoutError("decoding hung")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_roundtrip_1000_images_fresh_process_and_elbo(run, test_images, tmp_path, capsys):
+    """≥1000 real images: bit-exact in a fresh process with another thread count, and the
+    net code length is within 1 % of the T-step −ELBO."""
+    src = tmp_path / "x.npy"
+    np.save(src, test_images[..., 0])  # (N, 28, 28) uint8
+    out = tmp_path / "x.pcdm"
+    torch.set_num_threads(2)
+    rc = main(["compress", str(run), str(src), "-o", str(out), "--steps", str(T_TEST),
+               "--batch", "250", "--json"])  # fmt: skip
+    assert rc == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_images"] == N_TEST and stats["bytes"] == out.stat().st_size
+    dec = tmp_path / "y.npy"
+    res = cli("decompress", str(run), str(out), "-o", str(dec), "--quiet", threads=1)
+    assert res.returncode == 0, res.stderr
+    back = np.load(dec)
+    assert back.dtype == np.uint8 and back.shape == (N_TEST, 28, 28)
+    assert np.array_equal(back, test_images[..., 0])
+
+    model, _ = load_run(run)
+    bound = per_image_bpd(model, test_images, n_t=2, steps=T_TEST, progress=False)
+    elbo_bits = float(bound["bpd"].mean()) * N_TEST * model.dims
+    net_bits = 8 * stats["bytes"] - stats["initial_bits"]
+    assert abs(net_bits / elbo_bits - 1) < 0.01, (net_bits / elbo_bits, stats)
+    assert stats["initial_bits"] > 0
+    assert stats["bpd"] == pytest.approx(8 * stats["bytes"] / (N_TEST * 784))
+
+
+def test_folder_roundtrip_names_and_preview(run, test_images, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    names = ["a.png", "b.bmp", "sub/c.png", "sub/d.png", "z.png"]
+    for name, img in zip(names, test_images[:5]):
+        Image.fromarray(img[..., 0], "L").save(src / name)
+    out = tmp_path / "f.pcdm"
+    assert main(["compress", str(run), str(src), "-o", str(out), "--steps", "3",
+                 "--batch", "2", "--quiet"]) == 0  # fmt: skip
+    dst = tmp_path / "out"
+    assert main(["decompress", str(run), str(out), "-o", str(dst), "--quiet"]) == 0
+    got = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert got == ["a.png", "b.png", "sub/c.png", "sub/d.png", "z.png"]
+    for name, img in zip(["a.png", "b.png", "sub/c.png", "sub/d.png", "z.png"], test_images):
+        assert np.array_equal(np.asarray(Image.open(dst / name)), img[..., 0])
+    # Progressive: the coarsest level alone gives 14×14 previews of every image.
+    prev = tmp_path / "prev"
+    assert main(["decompress", str(run), str(out), "-o", str(prev), "--preview-level", "1",
+                 "--quiet"]) == 0  # fmt: skip
+    small = np.asarray(Image.open(prev / "a.png")).astype(float)
+    assert small.shape == (14, 14)
+    block = test_images[0, ..., 0].reshape(14, 2, 14, 2).mean((1, 3))
+    assert np.abs(small - block).mean() < 8
+
+
+@pytest.mark.parametrize("name", ["lp-pcdm", "c-vdm", "vdm"])
+def test_other_maps_roundtrip(name):
+    model = PCDM(tiny_config(model=name)).eval()
+    images = data.load("fashion-mnist", split="test", limit=6).images
+    enc = codec.encode_images(model, images, steps=2, lanes=4)
+    back, _ = codec.decode_stream(model, enc.words, 6, 2, 4, enc.n_init, enc.kmin)
+    assert np.array_equal(back, images)
+
+
+def test_wrong_model_is_a_clear_error(run, small_file, tmp_path):
+    other = save_run(tmp_path / "other", PCDM(tiny_config()).eval())
+    path = tmp_path / "s.pcdm"
+    path.write_bytes(small_file)
+    res = cli("decompress", str(other), str(path), "-o", str(tmp_path / "o.npy"), "--quiet")
+    assert res.returncode != 0
+    assert "different model" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.npy").exists()
+
+
+def _forge(blob: bytes, offset: int, value: int) -> bytes:
+    """Edit one u32 header field and fix the header checksum (a deliberate forgery)."""
+    b = bytearray(blob)
+    struct.pack_into("<I", b, offset, value)
+    meta_len = struct.unpack_from("<I", b, 40 + 4 * 9)[0]
+    crc = zlib.crc32(bytes(b[96 : 96 + meta_len]), zlib.crc32(bytes(b[:92])))
+    struct.pack_into("<I", b, 92, crc)
+    return bytes(b)
+
+
+def _forge_payload(blob: bytes, rng) -> bytes:
+    """Flip a payload bit and fix the payload checksum, so the decoder must catch it."""
+    b = bytearray(blob)
+    meta_len = struct.unpack_from("<I", b, 40 + 4 * 9)[0]
+    start = 96 + meta_len
+    pos = int(rng.integers(start, len(b)))
+    b[pos] ^= 1 << int(rng.integers(8))
+    struct.pack_into("<I", b, 40 + 4 * 12, zlib.crc32(bytes(b[start:])))
+    return _forge(bytes(b), 40 + 4 * 12, struct.unpack_from("<I", b, 40 + 4 * 12)[0])
+
+
+def test_fuzz_corrupt_files_fail_cleanly(run, small_file):
+    model, _ = load_run(run)
+    rng = np.random.default_rng(1234)
+    assert codec_cli.decompress(model, small_file)[1].shape == (12, 28, 28, 1)
+    cases = []
+    for _ in range(12):  # random byte flips anywhere
+        b = bytearray(small_file)
+        b[int(rng.integers(len(b)))] ^= int(rng.integers(1, 256))
+        cases.append(("flip", bytes(b)))
+    for _ in range(8):  # truncations
+        cases.append(("truncate", small_file[: int(rng.integers(len(small_file)))]))
+    cases.append(("extend", small_file + b"\0\0\0\0"))
+    fields = {"T": 0, "B": 1, "N": 2, "H": 4, "K": 6, "n_init": 7, "kmin": 8, "meta": 9}
+    for name, i in fields.items():  # forged headers: bounds, not checksums, must hold
+        for value in (0, 1, 2**31, 2**32 - 1, int(rng.integers(2, 4000))):
+            cases.append((f"forge {name}={value}", _forge(small_file, 40 + 4 * i, value)))
+    for _ in range(10):  # payload corruption with a valid payload checksum
+        cases.append(("payload", _forge_payload(small_file, rng)))
+    outcomes = {}
+    for what, blob in cases:
+        with time_limit(60):
+            try:
+                codec_cli.decompress(model, blob)
+            except ValueError as err:  # CodecError is a ValueError
+                assert "\n" not in str(err)
+                outcomes[what.split()[0]] = outcomes.get(what.split()[0], 0) + 1
+                continue
+        pytest.fail(f"{what}: corrupted file decoded without error")
+    assert sum(outcomes.values()) == len(cases) >= 40
+
+
+def test_cli_corrupt_file_exit_code_and_no_output(run, small_file, tmp_path):
+    b = bytearray(small_file)
+    b[len(b) // 2] ^= 0xFF
+    path = tmp_path / "bad.pcdm"
+    path.write_bytes(bytes(b))
+    out = tmp_path / "o.npy"
+    res = cli("decompress", str(run), str(path), "-o", str(out), "--quiet", timeout=120)
+    assert res.returncode == 2 and "error" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not out.exists()
+    res = cli("decompress", str(run), str(tmp_path / "missing.pcdm"), "-o", str(out))
+    assert res.returncode == 2 and not out.exists()
+
+
+def test_header_round_trip_and_bounds():
+    h = codec.Header(codec.KIND_FOLDER, b"\1" * 32, 5, 2, 2, 1, 4, 4, 256, 10, 3, 77)
+    h.names = ["x.png", "d/y.png"]
+    blob = codec.pack(h, np.array([5, 6, 7], dtype=np.uint32))
+    h2, words = codec.unpack(blob)
+    assert h2.names == h.names and (h2.T, h2.B, h2.N, h2.kmin) == (5, 2, 2, 3)
+    assert words.tolist() == [5, 6, 7]
+    for bad in ["../x.png", "/etc/x", "a//b.png", "a/./b.png"]:
+        with pytest.raises(codec.CodecError):
+            codec.check_name(bad)
