@@ -285,6 +285,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main():
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
     bar.close()
+    if log and last and step % cfg.log_every and step != cfg.steps:  # always log the final step
+        last["time_s"] = round(time.time() - start, 2)
+        log.write(json.dumps(last) + "\n")
+        log.flush()
     if dist.is_main():
         if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"step_{step:08d}":
             save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed}, cfg.keep)

@@ -48,7 +48,7 @@ def test_minutes_for_parsing(ablation):
 
 def test_ablation_end_to_end(ablation, tmp_path, capsys):
     results, work = tmp_path / "results", tmp_path / "work"
-    common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "50"]
+    common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "1"]
     common += ["--out-dir", str(work), "--results-dir", str(results)]
     assert ablation.main([*common, "--minutes", "0.1"]) == 0
 
