@@ -15,9 +15,11 @@ from .data import ImageSet, load
 from .evaluate import per_image_bpd, summarize
 
 
-def save_grid(x: torch.Tensor, path: Path, nrow: int | None = None, min_tile: int = 32) -> None:
-    """uint8 (N, C, H, W) → one PNG grid, small images enlarged (nearest) for viewing."""
-    x = x.detach().cpu().to(torch.uint8)
+def save_grid(x: torch.Tensor, path: Path, nrow: int | None = None, min_tile: int = 32, K: int = 256) -> None:
+    """uint8 (N, C, H, W) with values 0..K−1 → one PNG grid for viewing: values stretched
+    to 0..255, small images enlarged (nearest)."""
+    x = x.detach().cpu().to(torch.int32)
+    x = (x * 255 // max(K - 1, 1)).to(torch.uint8)
     n, c, h, w = x.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     ncol = int(np.ceil(n / nrow))
@@ -101,12 +103,12 @@ def run_sample(args) -> int:
     with tqdm(total=args.steps * len(model.level_shapes), desc="sample", unit="step") as bar:
         x, previews = model.sample(args.n, steps=args.steps, generator=g, progress=bar)
     out = Path(args.out)
-    save_grid(x, out)
+    save_grid(x, out, K=model.config.K)
     written = [str(out)]
     if len(previews) > 1:  # coarse-to-fine previews of each level
         for s, p in enumerate(previews, 1):
             path = out.with_name(f"{out.stem}_level{s}{out.suffix or '.png'}")
-            save_grid(p, path, min_tile=1)  # native resolution of each level
+            save_grid(p, path, min_tile=1, K=model.config.K)  # native resolution of each level
             written.append(str(path))
     print("\n".join(written))
     return 0
@@ -153,7 +155,7 @@ def run_demo(args) -> int:
     grid = out / "demo_samples.png"
     model, _ = load_run(out)
     x, _ = model.sample(64, steps=args.sample_steps, generator=torch.Generator().manual_seed(0))
-    save_grid(x, grid)
+    save_grid(x, grid, K=model.config.K)
     print(f"  samples: {grid}")
     return 0
 

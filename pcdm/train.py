@@ -160,7 +160,7 @@ def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
 
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     x, _ = model.sample(n, steps=steps, generator=g)
-    save_grid(x, path)
+    save_grid(x, path, K=model.config.K)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = False, device="auto") -> dict:
