@@ -67,6 +67,13 @@ def check_divisible(shape: tuple[int, ...], levels: int) -> None:
         )
 
 
+def octave_shapes(chw: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]:
+    """C channels at each octave, coarse first: the level shapes of the LP and the cascade."""
+    c, h, w = chw
+    check_divisible(chw, levels)
+    return [(c, h // 2 ** (levels - 1 - k), w // 2 ** (levels - 1 - k)) for k in range(levels)]
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -178,11 +185,7 @@ class LaplacianPyramid(HierarchicalMap):
     name = "lp"
 
     def level_shapes(self, chw):
-        c, h, w = chw
-        check_divisible(chw, self.levels)
-        return [
-            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k)) for k in range(self.levels)
-        ]
+        return octave_shapes(chw, self.levels)
 
     def dims(self, chw):
         return [
@@ -223,11 +226,7 @@ class Cascade(HierarchicalMap):
     volume_preserving = False
 
     def level_shapes(self, chw):
-        c, h, w = chw
-        check_divisible(chw, self.levels)
-        return [
-            (c, h // 2 ** (self.levels - 1 - k), w // 2 ** (self.levels - 1 - k)) for k in range(self.levels)
-        ]
+        return octave_shapes(chw, self.levels)
 
     def forward(self, f):
         check_divisible(f.shape, self.levels)

@@ -28,7 +28,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import dist
-from .checkpoint import RunError, load_tensors, read_config, save_tensors, write_json
+from .checkpoint import RunError, atomic_write, load_tensors, read_config, save_tensors, write_json
+from .commands import save_grid
 from .data import load
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
 from .presets import get_preset
@@ -156,8 +157,6 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
-    from .commands import save_grid  # local import: commands imports train's helpers
-
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     x, _ = model.sample(n, steps=steps, generator=g)
     save_grid(x, path, K=model.config.K)
@@ -319,8 +318,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def write_json_lines(path: Path, lines: list[str]) -> None:
-    from .checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in lines)))
 
 
