@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--codecs", default="png,webp,jpegxl", help="classical lossless codecs to compare")
     p.add_argument("--device", default="cpu", help="device for training and evaluation")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's)"
+    )
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/work/ablation", help="run folders")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results", help="report folder")
     p.add_argument("--reuse", action="store_true", help="skip training runs that already finished")
@@ -172,6 +175,8 @@ def train_run(args, data: str, model: str, minutes: float, run: Path) -> dict:
     log = run.parent / f"{run.name}.train.log"
     print(f"  {model}: pcdm {shlex.join(cmd)}", flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     t0 = time.time()
     with open(log, "w") as fh:
         code = subprocess.call(
@@ -447,8 +452,8 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{d['data']} {d['batch']}" for d in report["datasets"])
         + "; "
         f"training images: {meta['limit_train'] or 'all'}",
-        f"- Machine: {meta['platform']}, {meta['cpu_count']} CPUs (os.cpu_count), torch {meta['torch']}, "
-        f"Python {meta['python']}",
+        f"- Machine: {meta['platform']}, {meta['cpu_count']} CPUs (os.cpu_count), torch {meta['torch']} "
+        f"with {meta.get('threads', '?')} thread(s), Python {meta['python']}",
         f"- Date: {meta['date']}; total wall-clock {meta['total_minutes']:.1f} min",
         f"- Load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}: "
         "equal wall-clock is only fair on an otherwise idle machine",
@@ -506,6 +511,8 @@ def dataset_markdown(ds: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start, load_start = time.time(), os.getloadavg()
     datasets = (
         default_datasets() if args.datasets == "auto" else [d.strip() for d in args.datasets.split(",")]
@@ -527,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_limit": args.test_limit,
         "fast": args.fast,
         "device": args.device,
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -270,3 +270,28 @@ def test_header_round_trip_and_bounds():
     for bad in ["../x.png", "/etc/x", "a//b.png", "a/./b.png"]:
         with pytest.raises(codec.CodecError):
             codec.check_name(bad)
+
+
+def test_codec_table_benchmark(run, tmp_path):
+    """benchmarks/codec_table.py: every T decoded bit-exact, --limit-for codes a prefix, the
+    −ELBO covers all images, and the classical codecs sit in the same table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("codec_table", ROOT / "benchmarks" / "codec_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    out = tmp_path / "codec.md"
+    args = [str(run), "--n", "6", "--steps", "4", "8", "--limit-for", "8=3", "--batch", "2", "--elbo"]
+    assert table.main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["steps"]: r for r in report["rows"]}
+    assert rows[4]["images"] == 6 and rows[8]["images"] == 3
+    for r in rows.values():
+        assert 0 < r["net_bpd"] < r["bpd"] and r["initial_bits"] > 0
+        assert r["bytes"] * 8 / (r["images"] * 28 * 28) == pytest.approx(r["bpd"], rel=0.01)
+        assert np.isfinite(r["elbo_bpd"]) and r["elbo_se"] > 0
+    assert {"png", "jpegxl", "best"} <= set(report["classical"])
+    text = out.read_text()
+    assert "| PCDM bits-back | 4 | 6 |" in text and "| PCDM bits-back | 8 | 3 |" in text
+    with pytest.raises(SystemExit):
+        table.main([str(run), "--limit-for", "8=x", "--out", str(out)])
