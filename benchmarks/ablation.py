@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/work/ablation", help="run folders")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results", help="report folder")
     p.add_argument("--reuse", action="store_true", help="skip training runs that already finished")
+    p.add_argument("--conditions", help="free text on the machine's load during the run, for the report")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in args.models:
@@ -457,8 +458,10 @@ def markdown(report: dict) -> str:
         f"- Date: {meta['date']}; total wall-clock {meta['total_minutes']:.1f} min",
         f"- Load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}: "
         "equal wall-clock is only fair on an otherwise idle machine",
-        "",
     ]
+    if meta.get("conditions"):
+        lines.append(f"- Conditions: {meta['conditions']}")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -544,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_minutes": (time.time() - start) / 60,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "conditions": args.conditions,
     }
     (args.results_dir / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.results_dir / "ablation.md").write_text(markdown(report))
