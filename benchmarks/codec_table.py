@@ -1,7 +1,7 @@
 """Lossless compression table: the bits-back codec at several T vs classical codecs.
 
     python benchmarks/codec_table.py RUN [--data fashion-mnist] [--n 1000]
-        [--steps 50 100 250 1000] [--limit-for 1000=100] [--batch 64] [--elbo]
+        [--steps 50 100 250 1000] [--limit-for 1000=100] [--batch 64] [--elbo] [--jobs 2]
         [--out benchmarks/results/codec.md]
 
 For every T the first ``--n`` test images (``--limit-for T=N``: the first N, for the
@@ -11,18 +11,22 @@ included), the net bpd (initial bits excluded, what a long stream approaches), t
 initial bits, encode / decode images per second, and with ``--elbo`` the model's T-step
 −ELBO on all ``--n`` images (one Monte-Carlo time draw per image, so cheap at any T).
 Classical codecs (PNG, WebP, JPEG-XL, JPEG-LS, each image its own file) come from
-:func:`pcdm.baselines.compare`.
+:func:`pcdm.baselines.compare`. The codec runs its network single-threaded, so ``--jobs J``
+codes J values of T at once in separate processes (one core each; the speeds stay per core).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,14 +37,16 @@ from pcdm.data import load  # noqa: E402
 from pcdm.evaluate import per_image_bpd  # noqa: E402
 
 
-def code_at(model, images: np.ndarray, steps: int, lanes: int, elbo: bool, limit: int | None) -> dict:
+def code_at(
+    model, images: np.ndarray, steps: int, lanes: int, elbo: bool, limit: int | None, progress: bool = True
+) -> dict:
     everything = images
     images = images[:limit] if limit else images
     h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
     h.shape, h.dtype = tuple(images.shape), images.dtype.str
-    blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=True)
+    blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=progress)
     t0 = time.perf_counter()
-    _, back = codec_cli.decompress(model, blob, progress=True)
+    _, back = codec_cli.decompress(model, blob, progress=progress)
     dec_s = time.perf_counter() - t0
     if not np.array_equal(back, images):
         raise SystemExit(f"T={steps}: decoded images differ from the input")
@@ -50,22 +56,33 @@ def code_at(model, images: np.ndarray, steps: int, lanes: int, elbo: bool, limit
         "bpd": stats["bpd"],
         "net_bpd": stats["net_bpd"],
         "initial_bits": stats["initial_bits"],
+        "ramp": stats["ramp"],
         "enc_ips": stats["images_per_s"],
         "dec_ips": len(images) / dec_s,
         "bytes": stats["bytes"],
     }
     if elbo:
-        bound = per_image_bpd(model, everything, n_t=1, steps=steps, desc=f"ELBO T={steps}")
+        bound = per_image_bpd(
+            model, everything, n_t=1, steps=steps, desc=f"ELBO T={steps}", progress=progress
+        )
         row["elbo_bpd"] = float(bound["bpd"].mean())
         row["elbo_se"] = float(bound["bpd"].std(ddof=1) / np.sqrt(len(everything)))
     return row
+
+
+def _code_in_worker(run: str, data: str, n: int, steps: int, lanes: int, elbo: bool, limit) -> dict:
+    torch.set_num_threads(1)
+    model, _ = load_run(run)
+    images = load(data, split="test", limit=n).images
+    return code_at(model, images, steps, lanes, elbo, limit, progress=False)
 
 
 def markdown(run: str, data: str, n: int, lanes: int, rows: list[dict], classic: dict) -> str:
     lines = [
         "# Lossless compression",
         "",
-        f"Model `{run}`, the first {n} `{data}` test images, bits-back ANS with {lanes} lanes "
+        f"Model `{run}`, the first {n} `{data}` test images, bits-back ANS with up to {lanes} lanes"
+        f"{' (lane ramp: batches grow from one lane)' if all(r.get('ramp') for r in rows) else ''} "
         "(one stream per T, decoded and checked bit-exact). *bpd* counts the whole file, "
         "initial bits included; *net* leaves out the one-off initial bits (what a long stream "
         f"approaches). *images*: how many of the {n} were coded at that T (the first ones); the "
@@ -102,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
     p.add_argument("--elbo", action="store_true", help="also evaluate the T-step −ELBO")
+    p.add_argument("--jobs", type=int, default=1, help="code this many values of T at once (processes)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec.md"))
     args = p.parse_args(argv)
     limits = {}
@@ -113,7 +131,19 @@ def main(argv: list[str] | None = None) -> int:
 
     model, _ = load_run(args.run)
     images = load(args.data, split="test", limit=args.n).images
-    rows = [code_at(model, images, t, args.batch, args.elbo, limits.get(t)) for t in args.steps]
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            todo = sorted(args.steps, key=lambda t: -t * (limits.get(t) or len(images)))  # longest first
+            futures = {
+                t: pool.submit(
+                    _code_in_worker, args.run, args.data, args.n, t, args.batch, args.elbo, limits.get(t)
+                )
+                for t in todo
+            }
+            rows = [futures[t].result() for t in args.steps]
+    else:
+        rows = [code_at(model, images, t, args.batch, args.elbo, limits.get(t)) for t in args.steps]
     compared = baselines.compare(images)
     classic = {k: {"bpd": v["bpd"], "se": v["se"]} for k, v in compared.items()}
     out = Path(args.out)

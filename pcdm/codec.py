@@ -45,7 +45,11 @@ Initial bits: the stack starts from a deterministic pseudo-random reservoir of w
 reservoir words below it were never touched and are dropped from the file. The file's
 payload therefore contains the ``initial_bits`` = 32 (n_init − 2 − kmin) + 64 bits of
 reservoir actually consumed; the decoder ends with exactly the reservoir's top part,
-which it checks, in addition to the CRC-32 of the pixels.
+which it checks, in addition to the CRC-32 of the pixels. Each lane's first z₀ pop costs
+more bits than an image's net code length, so full batches from the start would need one
+pop's worth of initial bits per lane; the default *lane ramp* (``batch_layout``) grows the
+batches from one lane as the stream grows and needs about one lane's worth in all
+(measured: 600 kbit → 9.5 kbit for 300 Fashion-MNIST images at 64 lanes, same speed).
 
 File format (all integers little-endian)::
 
@@ -54,7 +58,7 @@ File format (all integers little-endian)::
     4      1     version (1)
     5      1     input kind: 0 = .npy array, 1 = image folder
     6      1     GRID_BITS (grid fraction 2^−g of the smallest std)
-    7      1     reserved (0)
+    7      1     flags: bit 0 = lane ramp (see ``batch_layout``); other bits 0
     8      32    model fingerprint (checkpoint.fingerprint, SHA-256)
     40     4×13  T, B (lanes), N (images), C, H, W, K, n_init (reservoir words),
                  kmin (pruned reservoir words), meta_len, payload_words,
@@ -510,8 +514,25 @@ class Encoded:
     initial_bits: int  # reservoir bits the stream consumed (included in the payload)
 
 
-def _batches(n: int, lanes: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + lanes)) for s in range(0, n, lanes)]
+# With the ramp, a batch of b lanes starts only once RAMP · b images are already on the stack.
+RAMP = 4
+FLAG_RAMP = 1
+
+
+def batch_layout(n: int, lanes: int, ramp: bool = False) -> list[tuple[int, int]]:
+    """The (start, stop) image ranges coded as one batch each, in coding order.
+
+    Without the ramp every batch has ``lanes`` images, so every lane's first z₀ pop draws on
+    the initial bits (≈ one z₀ pop per lane). With the ramp the batches grow from one lane
+    as the stream grows: a batch of b lanes waits until ≥ RAMP·b images have been coded, so
+    its pops are paid mostly from the bits already pushed (RAMP ≈ bits of a z₀ pop over the
+    net bits of an image) and the initial bits stay near one lane's worth."""
+    out, start = [], 0
+    while start < n:
+        size = min(lanes, max(1, start // RAMP)) if ramp else lanes
+        out.append((start, min(n, start + size)))
+        start += size
+    return out
 
 
 def _estimate_reservoir(model: PCDM, grid: Grid, lanes: int) -> int:
@@ -526,13 +547,15 @@ def _tqdm(total, desc, progress):
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
 
 
-def encode_images(model: PCDM, images: np.ndarray, steps: int, lanes: int, progress: bool = False) -> Encoded:
+def encode_images(
+    model: PCDM, images: np.ndarray, steps: int, lanes: int, progress: bool = False, ramp: bool = False
+) -> Encoded:
     """Encode uint8 images (N, H, W, C) into one ANS stream (see module docstring)."""
     model.eval()
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     model.check_input(x_all)
     _check_params(steps, lanes)
-    batches = _batches(len(images), lanes)
+    batches = batch_layout(len(images), lanes, ramp)
     with _single_thread():
         grid = make_grid(model, steps)
         n_init = _estimate_reservoir(model, grid, min(lanes, len(images)))
@@ -564,12 +587,13 @@ def decode_stream(
     kmin: int,
     preview_level: int | None = None,
     progress: bool = False,
+    ramp: bool = False,
 ):
     """Decode a stream; returns (images (N,H,W,C) uint8 or None, previews of level
     ``preview_level`` (0-based) as uint8 (N,h,w,C) or None)."""
     model.eval()
     S = len(model.level_shapes)
-    batches = _batches(n_images, lanes)
+    batches = batch_layout(n_images, lanes, ramp)
     parts: dict[int, np.ndarray] = {}
     previews_out: dict[int, np.ndarray] = {}
     with _single_thread():
@@ -628,6 +652,7 @@ class Header:
     n_init: int
     kmin: int
     pixel_crc: int
+    ramp: bool = False
     names: list[str] | None = None  # kind folder
     shape: tuple[int, ...] | None = None  # kind npy
     dtype: str | None = None
@@ -653,7 +678,7 @@ def pack(h: Header, words: np.ndarray) -> bytes:
     meta = _meta_bytes(h)
     payload = np.asarray(words, dtype="<u4").tobytes()
     fixed = HEADER.pack(
-        MAGIC, VERSION, h.kind, GRID_BITS, 0, h.fingerprint,
+        MAGIC, VERSION, h.kind, GRID_BITS, FLAG_RAMP if h.ramp else 0, h.fingerprint,
         h.T, h.B, h.N, h.C, h.H, h.W, h.K, h.n_init, h.kmin, len(meta), len(words),
         h.pixel_crc, zlib.crc32(payload),
     )  # fmt: skip
@@ -666,7 +691,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     if len(data) < HEADER_SIZE:
         raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
     fields = HEADER.unpack_from(data, 0)
-    magic, version, kind, grid_bits, _reserved, fp = fields[:6]
+    magic, version, kind, grid_bits, flags, fp = fields[:6]
     T, B, N, C, H, W, K, n_init, kmin, meta_len, n_words, pixel_crc, payload_crc = fields[6:]
     if magic != MAGIC:
         raise CodecError("not a .pcdm file (bad magic bytes)")
@@ -681,6 +706,8 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     # Belt and braces: the header checksum can be forged, the bounds cannot be skipped.
     if grid_bits != GRID_BITS:
         raise CodecError(f"unsupported grid setting {grid_bits} in .pcdm header")
+    if flags & ~FLAG_RAMP:
+        raise CodecError(f"corrupt .pcdm header: unknown flags {flags:#04x}")
     if kind not in (KIND_NPY, KIND_FOLDER):
         raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
     if not (1 <= T <= MAX_T and 1 <= B <= MAX_LANES and 1 <= N <= MAX_IMAGES):
@@ -699,7 +726,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     payload = bytes(data[HEADER_SIZE + meta_len :])
     if zlib.crc32(payload) != payload_crc:
         raise CodecError("corrupt .pcdm payload (checksum mismatch)")
-    h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc)
+    h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc, bool(flags & FLAG_RAMP))
     _parse_meta(h, meta)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     if words[-1] == 0:

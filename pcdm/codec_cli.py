@@ -41,7 +41,14 @@ def add_compress_parser(sub) -> None:
         type=int,
         default=DEFAULT_LANES,
         help="images coded side by side (lanes; default %(default)s); more lanes are faster "
-        "but need proportionally more one-off initial bits",
+        "but, without the ramp, need proportionally more one-off initial bits",
+    )
+    p.add_argument(
+        "--no-ramp",
+        dest="ramp",
+        action="store_false",
+        help="full batches from the first image (faster on few images, but every lane then "
+        "needs its own initial bits); by default batches grow from one lane as the stream grows",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,7 +107,7 @@ def read_input(path: str, K: int) -> tuple[np.ndarray, codec.Header]:
     return images, h
 
 
-def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, progress):
+def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, progress, ramp=True):
     """Encode and pack; returns (file bytes, stats dict)."""
     C, H, W = model.config.image_shape
     if images.shape[1:] != (H, W, C):
@@ -109,11 +116,11 @@ def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int,
             f"channel(s) but the model expects {W}x{H} with {C}"
         )
     t0 = time.perf_counter()
-    enc = codec.encode_images(model, images, steps, lanes, progress=progress)
+    enc = codec.encode_images(model, images, steps, lanes, progress=progress, ramp=ramp)
     seconds = time.perf_counter() - t0
     h.fingerprint = fingerprint(model)
     h.T, h.B, h.N, h.C, h.H, h.W, h.K = steps, lanes, len(images), C, H, W, model.config.K
-    h.n_init, h.kmin, h.pixel_crc = enc.n_init, enc.kmin, codec.pixel_crc(images)
+    h.n_init, h.kmin, h.pixel_crc, h.ramp = enc.n_init, enc.kmin, codec.pixel_crc(images), ramp
     blob = codec.pack(h, enc.words)
     dims = len(images) * model.dims
     stats = {
@@ -125,6 +132,7 @@ def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int,
         "payload_bpd": 32 * enc.words.size / dims,
         "steps": steps,
         "lanes": lanes,
+        "ramp": ramp,
         "dims": model.dims,
         "seconds": seconds,
         "images_per_s": len(images) / seconds if seconds > 0 else float("inf"),
@@ -144,8 +152,9 @@ def decompress(model, blob: bytes, preview_level: int | None = None, progress: b
     if (h.C, h.H, h.W, h.K) != (C, H, W, model.config.K):
         raise codec.CodecError("corrupt .pcdm header: image shape does not match the model")
     S = len(model.level_shapes)
-    n_batches = -(-h.N // h.B)
-    if 32 * len(words) < max(h.N, h.T * S * n_batches):
+    bits = 32 * len(words)
+    # (The image count is checked first: it bounds the size of the batch layout.)
+    if bits < h.N or bits < h.T * S * len(codec.batch_layout(h.N, h.B, h.ramp)):
         # Every image and every chain step of a batch costs bits (the support exponent
         # alone is several): a payload this small cannot hold what the header claims.
         raise codec.CodecError("corrupt .pcdm file: payload too small for its header")
@@ -153,7 +162,7 @@ def decompress(model, blob: bytes, preview_level: int | None = None, progress: b
         raise codec.CodecError(f"--preview-level must be in 1..{S} for this model")
     level = None if preview_level is None or preview_level == S else preview_level - 1
     images, preview = codec.decode_stream(
-        model, words, h.N, h.T, h.B, h.n_init, h.kmin, preview_level=level, progress=progress
+        model, words, h.N, h.T, h.B, h.n_init, h.kmin, preview_level=level, progress=progress, ramp=h.ramp
     )
     if images is None:
         return h, preview
@@ -217,7 +226,9 @@ def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
 def run_compress(args) -> int:
     model, _ = load_run(args.run)
     images, h = read_input(args.input, model.config.K)
-    blob, stats = compress(model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json))
+    blob, stats = compress(
+        model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json), ramp=args.ramp
+    )
     atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
     if args.json:
         print(json.dumps(stats))
