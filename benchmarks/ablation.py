@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results", help="report folder")
     p.add_argument("--reuse", action="store_true", help="skip training runs that already finished")
     p.add_argument("--conditions", help="free text on the machine's load during the run, for the report")
+    p.add_argument(
+        "--keep-from",
+        type=Path,
+        help="an earlier ablation.json: its datasets not run now are carried into the report, "
+        "each with the command, date and conditions of the run that produced it",
+    )
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in args.models:
@@ -469,6 +475,8 @@ def dataset_markdown(ds: dict) -> list[str]:
     res, codecs = ds["models"], ds["codecs"]
     eq_on = ds["equal_images_on"]
     n_eq = ds["n_curve"] if eq_on == "curve subset" else ds["n_test"]
+    if n_eq == ds["n_test"]:
+        eq_on = "full test split"
     c, h, w = ds["shape_chw"]
     lines = [
         f"## {ds['data']} ({c}×{h}×{w}, K = {ds['K']}; {ds['minutes_budget']:g} min per model)",
@@ -477,6 +485,15 @@ def dataset_markdown(ds: dict) -> list[str]:
         f"Equal images seen: the largest step all runs reached ({ds['common_step']}), each model's "
         f"last checkpoint at or below it, on the {eq_on} ({n_eq} images). Per-part bpd at equal time.",
         "",
+    ]
+    if ds.get("from_run"):
+        r = ds["from_run"]
+        lines += [
+            f"*Carried over from an earlier run* ({r['date']}, {r.get('threads') or '?'} thread(s)): "
+            f"`{r['command']}`. {r.get('conditions') or ''}",
+            "",
+        ]
+    lines += [
         "| model | params | steps | images seen | minutes | test bpd (equal time) "
         "| step / images (equal images) | test bpd (equal images) | prior | diffusion | recon |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -522,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     report = {"datasets": [run_dataset(args, d) for d in datasets]}
+    if args.keep_from:
+        old = json.loads(args.keep_from.read_text())
+        for ds in old["datasets"]:
+            if ds["data"] not in datasets:
+                m = old["meta"]
+                ds.setdefault("from_run", {k: m.get(k) for k in ("command", "date", "threads", "conditions")})
+                report["datasets"].append(ds)
     report["meta"] = {
         "command": "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "models": args.models,

@@ -102,3 +102,18 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
         assert r["final_step"] == ds["models"][name]["final_step"]
         assert r["equal_images"]["n_images"] == 50
     assert "curve subset (50 images)" in (results / "ablation.md").read_text()
+
+    # --keep-from: a dataset of an earlier report that is not run now is carried over, with
+    # the command and date of the run that produced it.
+    old = dict(report, datasets=[dict(ds, data="other-set")])
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert (
+        ablation.main([*common, "--minutes", "0.1", "--reuse", "--keep-from", str(tmp_path / "old.json")])
+        == 0
+    )
+    merged = json.loads((results / "ablation.json").read_text())
+    assert [d["data"] for d in merged["datasets"]] == ["digits", "other-set"]
+    assert merged["datasets"][1]["from_run"]["command"] == report["meta"]["command"]
+    assert merged["datasets"][1]["models"] == json.loads(json.dumps(ds["models"]))
+    md = (results / "ablation.md").read_text()
+    assert md.count("*Carried over from an earlier run*") == 1 and "## other-set" in md
