@@ -344,6 +344,8 @@ def test_codec_table_benchmark(run, tmp_path):
         assert 0 < r["net_bpd"] < r["bpd"] and r["initial_bits"] > 0
         assert r["bytes"] * 8 / (r["images"] * 28 * 28) == pytest.approx(r["bpd"], rel=0.01)
         assert np.isfinite(r["elbo_bpd"]) and r["elbo_se"] > 0
+        assert 0.9 < r["net_bpd"] / r["elbo_coded_bpd"] < 1.2  # a real code length, near the bound
+        assert r["best_classical_bpd"] > 0
     assert {"png", "jpegxl", "best"} <= set(report["classical"])
     text = out.read_text()
     assert "| PCDM bits-back | 4 | 6 |" in text and "| PCDM bits-back | 8 | 3 |" in text
