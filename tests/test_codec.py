@@ -344,7 +344,9 @@ def test_codec_table_benchmark(run, tmp_path):
         assert 0 < r["net_bpd"] < r["bpd"] and r["initial_bits"] > 0
         assert r["bytes"] * 8 / (r["images"] * 28 * 28) == pytest.approx(r["bpd"], rel=0.01)
         assert np.isfinite(r["elbo_bpd"]) and r["elbo_se"] > 0
-        assert 0.9 < r["net_bpd"] / r["elbo_coded_bpd"] < 1.2  # a real code length, near the bound
+        # A real code length near the bound (3–6 images and 4 draws of t: a loose check; the
+        # 1 % agreement is tested on 1000 images above).
+        assert 0.7 < r["net_bpd"] / r["elbo_coded_bpd"] < 1.3
         assert r["best_classical_bpd"] > 0
     assert {"png", "jpegxl", "best"} <= set(report["classical"])
     text = out.read_text()
