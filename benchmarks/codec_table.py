@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import platform
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     classic = {k: {"bpd": v["bpd"], "se": v["se"]} for k, v in compared.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(args.run, args.data, len(images), args.batch, rows, classic))
+    command = "python benchmarks/codec_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = markdown(args.run, args.data, len(images), args.batch, rows, classic)
+    out.write_text(text + f"Command: `{command}`; torch {torch.__version__}, {platform.platform()}.\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "classical": classic}, indent=2))
     print(out.read_text())
     return 0

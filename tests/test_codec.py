@@ -351,6 +351,7 @@ def test_codec_table_benchmark(run, tmp_path):
     assert {"png", "jpegxl", "best"} <= set(report["classical"])
     text = out.read_text()
     assert "| PCDM bits-back | 4 | 6 |" in text and "| PCDM bits-back | 8 | 3 |" in text
+    assert "Command: `python benchmarks/codec_table.py " in text and "--limit-for 8=3" in text
     # In this process, one T after the other: the same streams, byte for byte.
     assert table.main([*args, "--out", str(tmp_path / "serial.md")]) == 0
     serial = json.loads((tmp_path / "serial.json").read_text())["rows"]
