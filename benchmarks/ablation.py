@@ -541,9 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"datasets": [run_dataset(args, d) for d in datasets]}
     if args.keep_from:
         old = json.loads(args.keep_from.read_text())
+        m = old["meta"]
         for ds in old["datasets"]:
             if ds["data"] not in datasets:
-                m = old["meta"]
                 ds.setdefault("from_run", {k: m.get(k) for k in ("command", "date", "threads", "conditions")})
                 report["datasets"].append(ds)
     report["meta"] = {

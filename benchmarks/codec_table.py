@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--limit-for wants T=N with positive integers, got {item!r}")
         limits[int(t)] = int(n)
 
-    model, _ = load_run(args.run)
     images = load(args.data, split="test", limit=args.n).images
-    if args.jobs > 1:
+    if args.jobs > 1:  # each worker loads the model itself
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
             todo = sorted(args.steps, key=lambda t: -t * (limits.get(t) or len(images)))  # longest first
@@ -160,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows = [futures[t].result() for t in args.steps]
     else:
+        model, _ = load_run(args.run)
         rows = [code_at(model, images, t, args.batch, args.elbo, limits.get(t)) for t in args.steps]
     compared = baselines.compare(images)
     best = compared["best"]["per_image"]
