@@ -1,9 +1,10 @@
-"""The paper's ablation at CPU scale: vdm vs c-vdm vs lp-pcdm vs w-pcdm.
+"""The paper's ablation at CPU scale: vdm vs c-vdm vs lp-pcdm vs w-pcdm (vs lift-pcdm).
 
 The paper claims, at equal architecture and training, test bpd ordered
-``w-pcdm < lp-pcdm < vdm < c-vdm``. For every dataset this script trains the four models
-one after the other with the same per-level network (``--preset``), the same seed and the
-same wall-clock budget each (``pcdm train --minutes M`` in a subprocess), then
+``w-pcdm < lp-pcdm < vdm < c-vdm``. For every dataset this script trains the models
+(``--models``; ``--jobs J`` runs J trainings side by side, one core each) with the same
+per-level network (``--preset``), the same seed and the same wall-clock budget each
+(``pcdm train --minutes M`` in a subprocess), then
 
 * evaluates the EMA weights of every saved checkpoint on a fixed test subset (the first
   ``--curve-limit`` test images, one fixed noise draw) and plots test bpd against training
@@ -15,8 +16,24 @@ same wall-clock budget each (``pcdm train --minutes M`` in a subprocess), then
       the curve subset instead; the table says which);
 * puts lossless PNG / WebP / JPEG-XL (each image its own file) and the best of them per
   image, on the same test images, into the same table;
-* writes ``ablation.md`` (tables, observed vs claimed ordering, command, seeds, budget,
-  machine, date) and ``ablation.json`` (every number) into ``--results-dir``.
+* writes ``ablation.md`` (tables, observed vs claimed ordering, each level's diffusion
+  term by γ band, command, seeds, budget, machine, date) and ``ablation.json`` (every
+  number) into ``--results-dir``.
+
+Equal compute, not only equal architecture: ``--equal-flops-width W`` adds a variant
+``<model>@W`` of every multi-scale model whose training step is cheaper than vdm's (w-pcdm,
+lift-pcdm: both levels at half resolution) with all its networks widened to W, so that one
+of its steps costs about what a vdm step costs; the report gives every run's measured
+seconds per step, so the reader sees how equal the cost really was. ``--variant
+NAME=MODEL:FLAGS`` adds any other variant (extra ``pcdm train`` flags), e.g.
+``--variant "w-pcdm-plain=w-pcdm:--no-lattice-features"``.
+
+``--budget steps`` makes the equal wall-clock comparison robust to what else the machine
+does: each run's seconds per step are first measured alone (``--speed-steps`` timed steps,
+one run at a time, one core), and each run then trains for the number of steps that the
+budget buys at that speed, side by side with ``--jobs``. The curves' time axis is then
+steps × measured seconds per step (idle-machine minutes). ``--budget time`` (default)
+trains for ``--minutes`` of its own wall-clock, which is only fair on an idle machine.
 
 Both datasets in about 35–40 minutes on 2 idle CPU cores (see ``--help``)::
 
@@ -61,8 +78,9 @@ from pcdm.data import DataError, load  # noqa: E402
 from pcdm.evaluate import per_image_bpd, summarize  # noqa: E402
 from pcdm.model import PCDM, ModelConfig, count_parameters  # noqa: E402
 
-MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm")
+MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm", "lift-pcdm")
 CLAIMED = ("w-pcdm", "lp-pcdm", "vdm", "c-vdm")  # the paper: best (lowest bpd) first
+CHEAP = ("w-pcdm", "lift-pcdm")  # a step costs less than vdm's at equal width
 DONE = "ablation_done.json"  # marker written into a run folder once its training finished
 PARTS = ("bpd_prior", "bpd_diffusion", "bpd_recon")
 
@@ -81,6 +99,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "present, else skimage32",
     )
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated model families")
+    p.add_argument(
+        "--equal-flops-width",
+        type=int,
+        help=f"also train {', '.join(CHEAP)} with every network widened to this width (equal compute)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL:FLAGS",
+        help="an extra run: MODEL trained with extra pcdm-train FLAGS under the name NAME (repeatable)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side (one core each)")
+    p.add_argument(
+        "--budget",
+        choices=("time", "steps"),
+        default="time",
+        help="time: train --minutes of wall-clock; steps: the steps --minutes buy at each run's speed "
+        "measured alone first",
+    )
+    p.add_argument("--speed-steps", type=int, default=40, help="timed steps per run for --budget steps")
     p.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per model")
     p.add_argument(
         "--minutes-for",
@@ -123,6 +162,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    # name → (model family, extra pcdm-train flags)
+    args.runs = {m: (m, []) for m in args.models}
+    if args.equal_flops_width:
+        for m in CHEAP:
+            if m in args.models:
+                args.runs[f"{m}@{args.equal_flops_width}"] = (m, ["--width", str(args.equal_flops_width)])
+    for item in args.variant:
+        name, sep, rest = item.partition("=")
+        family, sep2, flags = rest.partition(":")
+        if not (sep and sep2 and name) or family not in MODELS:
+            p.error(f"--variant wants NAME=MODEL:FLAGS with MODEL in {', '.join(MODELS)}, got {item!r}")
+        args.runs[name] = (family, shlex.split(flags))
+    if args.jobs < 1:
+        p.error("--jobs must be ≥ 1")
+    args.out_dir, args.results_dir = args.out_dir.resolve(), args.results_dir.resolve()
     args.codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     per = {}
     for item in args.minutes_for:
@@ -154,11 +208,13 @@ def slug(spec: str) -> str:
 # --- training ---------------------------------------------------------------------------
 
 
-def train_command(args, data: str, model: str, minutes: float, run: Path) -> list[str]:
-    cmd = ["train", "--model", model, "--data", data, "--out", str(run), "--preset", args.preset]
+def train_command(args, data: str, name: str, run: Path, minutes=None, steps=None) -> list[str]:
+    model, flags = args.runs[name]
+    cmd = ["train", "--model", model, "--data", data, "--out", str(run), "--preset", args.preset, *flags]
     if model != "vdm":
         cmd += ["--levels", str(args.levels)]
-    cmd += ["--minutes", f"{minutes:g}", "--ckpt-every", str(args.ckpt_every), "--keep", "1000"]
+    cmd += ["--minutes", f"{minutes:g}"] if steps is None else ["--steps", str(steps)]
+    cmd += ["--ckpt-every", str(args.ckpt_every), "--keep", "1000"]
     cmd += ["--log-every", "10", "--seed", str(args.seed), "--sample-steps", "0", "--device", args.device]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
@@ -167,36 +223,87 @@ def train_command(args, data: str, model: str, minutes: float, run: Path) -> lis
     return cmd
 
 
-def train_run(args, data: str, model: str, minutes: float, run: Path) -> dict:
-    """Train one model (or reuse a finished run with identical settings); returns the marker."""
-    cmd = train_command(args, data, model, minutes, run)
-    marker = run / DONE
-    if args.reuse and marker.is_file():
-        done = json.loads(marker.read_text())
-        if done.get("command") == cmd:
-            print(f"  {model}: reusing {run} (finished at step {done['step']})", flush=True)
-            return done
-        print(f"  {model}: {run} was trained with other settings, retraining", flush=True)
-    shutil.rmtree(run, ignore_errors=True)
-    run.parent.mkdir(parents=True, exist_ok=True)
-    log = run.parent / f"{run.name}.train.log"
-    print(f"  {model}: pcdm {shlex.join(cmd)}", flush=True)
+def _env(threads: int | None) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    t0 = time.time()
-    with open(log, "w") as fh:
-        code = subprocess.call(
-            [sys.executable, "-m", "pcdm.cli", *cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise SystemExit(f"training {model} on {data} failed (exit {code}); see {log}:\n{tail}")
-    steps = checkpoints(run)
-    done = {"command": cmd, "step": steps[-1][0], "wall_s": round(time.time() - t0, 1)}
-    marker.write_text(json.dumps(done, indent=2) + "\n")
-    print(f"  {model}: {done['step']} steps in {done['wall_s']:.0f} s (process wall-clock)", flush=True)
-    return done
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def measure_speeds(args, data: str) -> dict[str, float]:
+    """Seconds per training step of every run, measured alone, one after the other, on
+    ``--threads`` (default 1) threads: steps 10 … 10 + ``--speed-steps`` of a short run
+    (the first steps pay for warm-up)."""
+    speeds = {}
+    for name in args.runs:
+        run = args.out_dir / slug(data) / f".speed_{slug(name)}"
+        shutil.rmtree(run, ignore_errors=True)
+        cmd = train_command(args, data, name, run, steps=10 + args.speed_steps)
+        subprocess.run(
+            [sys.executable, "-m", "pcdm.cli", *cmd], check=True, capture_output=True,
+            env=_env(args.threads or 1), cwd=ROOT,
+        )  # fmt: skip
+        steps, times = step_times(run)
+        speeds[name] = float((times[-1] - time_at(10, steps, times)) / (steps[-1] - 10))
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"  {name}: {speeds[name]:.4f} s/step measured alone", flush=True)
+    return speeds
+
+
+def train_runs(args, data: str, minutes: float, speeds: dict | None = None) -> dict[str, Path]:
+    """Train every run of ``args.runs`` (``--jobs`` at a time, one core each), for
+    ``minutes`` of wall-clock or, given ``speeds``, for the steps that buys; reuse finished
+    runs with identical settings. Returns name → run folder."""
+    out, pending = {}, []
+    for name in args.runs:
+        run = args.out_dir / slug(data) / slug(name)
+        out[name] = run
+        if speeds is None:
+            cmd = train_command(args, data, name, run, minutes=minutes)
+        else:
+            cmd = train_command(args, data, name, run, steps=max(1, round(minutes * 60 / speeds[name])))
+        marker = run / DONE
+        if args.reuse and marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("command") == cmd:
+                print(f"  {name}: reusing {run} (finished at step {done['step']})", flush=True)
+                continue
+            print(f"  {name}: {run} was trained with other settings, retraining", flush=True)
+        pending.append((name, run, cmd))
+    env = _env(args.threads or (1 if args.jobs > 1 else None))
+    running: list[tuple] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, run, cmd = pending.pop(0)
+            shutil.rmtree(run, ignore_errors=True)
+            run.parent.mkdir(parents=True, exist_ok=True)
+            log = run.parent / f"{run.name}.train.log"
+            print(f"  {name}: pcdm {shlex.join(cmd)}", flush=True)
+            fh = open(log, "w")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pcdm.cli", *cmd],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+            running.append((name, run, cmd, proc, fh, log, time.time()))
+        time.sleep(1)
+        for item in [r for r in running if r[3].poll() is not None]:
+            running.remove(item)
+            name, run, cmd, proc, fh, log, t0 = item
+            fh.close()
+            if proc.returncode != 0:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                raise SystemExit(
+                    f"training {name} on {data} failed (exit {proc.returncode}); see {log}:\n{tail}"
+                )
+            done = {"command": cmd, "step": checkpoints(run)[-1][0], "wall_s": round(time.time() - t0, 1)}
+            (run / DONE).write_text(json.dumps(done, indent=2) + "\n")
+            print(
+                f"  {name}: {done['step']} steps in {done['wall_s']:.0f} s (process wall-clock)", flush=True
+            )
+    return out
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -233,7 +340,7 @@ def time_at(step: int, steps: np.ndarray, times: np.ndarray) -> float:
 
 
 def load_ema(run: Path, ckpt: Path, device: str) -> PCDM:
-    model = PCDM(ModelConfig(**read_config(run)["model"]))
+    model = PCDM(ModelConfig.from_dict(read_config(run)["model"]))
     model.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
     return model.to(device).eval()
 
@@ -257,15 +364,12 @@ def paired_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def run_dataset(args, data: str) -> dict:
     minutes = args.minutes_for.get(data, args.minutes)
-    print(f"== {data}: {len(args.models)} models × {minutes:g} min", flush=True)
+    print(f"== {data}: {len(args.runs)} runs × {minutes:g} min, {args.jobs} at a time", flush=True)
     test = load(data, "test", limit=args.test_limit)
     curve_n = min(args.curve_limit, len(test.images))
     curve_images = test.images[:curve_n]
-    runs: dict[str, dict] = {}
-    for model in args.models:
-        run = args.out_dir / slug(data) / model
-        done = train_run(args, data, model, minutes, run)
-        runs[model] = {"run": run, "done": done}
+    speeds = measure_speeds(args, data) if args.budget == "steps" else None
+    runs = {name: {"run": run} for name, run in train_runs(args, data, minutes, speeds).items()}
 
     results: dict[str, dict] = {}
     per_image_full: dict[str, dict] = {}
@@ -279,10 +383,11 @@ def run_dataset(args, data: str) -> dict:
         for step, ck in checkpoints(run):
             per = evaluate(load_ema(run, ck, args.device), curve_images, args)
             s = summary(per)
+            seconds = time_at(step, steps, times) if speeds is None else step * speeds[model]
             curve.append(
                 {
                     "step": step,
-                    "minutes": round(time_at(step, steps, times) / 60, 4),
+                    "minutes": round(seconds / 60, 4),
                     "bpd": s["bpd"],
                     "bpd_se": s["bpd_se"],
                     "per_image": per["bpd"],
@@ -294,6 +399,10 @@ def run_dataset(args, data: str) -> dict:
         per_image_full[model] = per_full
         results[model] = {
             "run": str(run),
+            "family": args.runs[model][0],
+            "flags": args.runs[model][1],
+            "seconds_per_step": round(time_at(final_step, steps, times) / final_step, 4),
+            "seconds_per_step_alone": None if speeds is None else round(speeds[model], 4),
             "params": count_parameters(final_model),
             "batch": batch,
             "final_step": final_step,
@@ -365,6 +474,7 @@ def run_dataset(args, data: str) -> dict:
         "n_test": len(test.images),
         "n_curve": curve_n,
         "minutes_budget": minutes,
+        "budget": args.budget,
         "batch": next(iter(results.values()))["batch"],
         "common_step": common,
         "equal_images_on": eq_images_split,
@@ -393,7 +503,8 @@ def ordering_of(results: dict, key: str, per_image: dict[str, np.ndarray]) -> di
                 "significant": bool(abs(d) > 2 * se),
             }
         )
-    return {"observed": ranked, "claimed": claimed, "agrees": ranked == claimed, "pairs": pairs}
+    agrees = [m for m in ranked if m in CLAIMED] == claimed  # the claim is about the paper's four
+    return {"observed": ranked, "claimed": claimed, "agrees": agrees, "pairs": pairs}
 
 
 # --- outputs ----------------------------------------------------------------------------
@@ -433,14 +544,15 @@ def fmt(v: float | None, se: float | None = None, nd: int = 3) -> str:
 def markdown(report: dict) -> str:
     meta = report["meta"]
     lines = [
-        "# Ablation at CPU scale: vdm vs c-vdm vs lp-pcdm vs w-pcdm",
+        "# Ablation at CPU scale: vdm vs c-vdm vs lp-pcdm vs w-pcdm vs lift-pcdm",
         "",
         f"Paper's claim (equal architecture and training): **{' < '.join(CLAIMED)}** in test bpd.",
         "",
         "Every model: the same per-level network (preset "
         f"`{meta['preset']}`, {meta['levels']} levels for the multi-scale ones), the same seed "
-        f"({meta['seed']}), the same wall-clock budget, trained one at a time on "
-        f"{meta['device']}. bpd is the EMA weights' bound on the test images "
+        f"({meta['seed']}), the same wall-clock budget, trained {meta.get('jobs', 1)} at a time on "
+        f"{meta['device']} (variants named `model@W` have every network widened to W: equal "
+        "compute per step instead of equal architecture). bpd is the EMA weights' bound on the test images "
         f"({meta['n_t']} time draw(s) per image, evaluation seed {meta['eval_seed']}); ± is the "
         "standard error over images. c-vdm's number is an upper bound that drops the sum over "
         "the other scales (SPEC §2), so it is expected to be worst.",
@@ -486,6 +598,14 @@ def dataset_markdown(ds: dict) -> list[str]:
         f"last checkpoint at or below it, on the {eq_on} ({n_eq} images). Per-part bpd at equal time.",
         "",
     ]
+    if ds.get("budget") == "steps":
+        lines += [
+            "Budget by steps: each run's seconds per step were measured alone first (one core, "
+            "nothing else running; the `s / step` column), and each run trained for the steps "
+            f"{ds['minutes_budget']:g} minutes buy at that speed, so co-load during training does not "
+            "change what each model got. `minutes` = steps × its measured seconds per step.",
+            "",
+        ]
     if ds.get("from_run"):
         r = ds["from_run"]
         lines += [
@@ -494,15 +614,17 @@ def dataset_markdown(ds: dict) -> list[str]:
             "",
         ]
     lines += [
-        "| model | params | steps | images seen | minutes | test bpd (equal time) "
+        "| model | params | steps | s / step | images seen | minutes | test bpd (equal time) "
         "| step / images (equal images) | test bpd (equal images) | prior | diffusion | recon |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, r in res.items():
         et, ei = r["equal_time"], r.get("equal_images")
         eis = f"{ei['step']} / {ei['images_seen']}" if ei else "—"
+        sps = fmt(r.get("seconds_per_step_alone") or r.get("seconds_per_step"))
         lines.append(
-            f"| {m} | {r['params']:,} | {r['final_step']} | {r['images_seen']:,} | {r['minutes']:.2f} "
+            f"| {m} | {r['params']:,} | {r['final_step']} | {sps} | {r['images_seen']:,} "
+            f"| {r['minutes']:.2f} "
             f"| {fmt(et['bpd'], et['bpd_se'])} | {eis} | {fmt(ei['bpd'], ei['bpd_se']) if ei else '—'} "
             f"| {fmt(et.get('bpd_prior'))} | {fmt(et.get('bpd_diffusion'))} | {fmt(et.get('bpd_recon'))} |"
         )
@@ -510,8 +632,23 @@ def dataset_markdown(ds: dict) -> list[str]:
     for name, cd in codecs.items():
         label = "best classical codec per image" if name == "best" else f"{name} (lossless)"
         ei = fmt(cd["bpd_curve_subset"], cd["se_curve_subset"]) if sub else fmt(cd["bpd"], cd["se"])
-        lines.append(f"| {label} | — | — | — | — | {fmt(cd['bpd'], cd['se'])} | — | {ei} | — | — | — |")
+        lines.append(f"| {label} | — | — | — | — | — | {fmt(cd['bpd'], cd['se'])} | — | {ei} | — | — | — |")
     lines += ["", f"![test bpd vs training time]({ds['plot']})", ""]
+    bands = {m: r["equal_time"].get("diffusion_bands") for m, r in res.items()}
+    if any(bands.values()):
+        labels = next(iter(next(b for b in bands.values() if b).values()))
+        lines += [
+            "Where the bits go (equal time): each level's diffusion term split by the γ band of its "
+            "sampled time, bpd of the whole image (the bands of a level add up to its diffusion term).",
+            "",
+            "| model | level | " + " | ".join(labels) + " |",
+            "|---|---:|" + "---:|" * len(labels),
+        ]
+        for m, per_level in bands.items():
+            for level, row in (per_level or {}).items():
+                cells = " | ".join(fmt(row.get(lb)) for lb in labels)
+                lines.append(f"| {m} | {level.removeprefix('level')} | {cells} |")
+        lines.append("")
     for key, title in (("equal_time", "equal wall-clock"), ("equal_images", "equal images seen")):
         o = ds["ordering"][key]
         if not o["observed"]:
@@ -549,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     report["meta"] = {
         "command": "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "models": args.models,
+        "runs": {name: {"model": m, "flags": f} for name, (m, f) in args.runs.items()},
+        "jobs": args.jobs,
         "preset": args.preset,
         "levels": args.levels,
         "batch": args.batch or "preset",

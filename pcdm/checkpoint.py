@@ -88,12 +88,16 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
     run = Path(run)
     config = read_config(run)
     try:
-        model = PCDM(ModelConfig(**config["model"]))
+        model = PCDM(ModelConfig.from_dict(config["model"]))
     except (TypeError, KeyError, ValueError) as err:
         raise RunError(f"{run / 'config.json'} has an invalid model config: {err}") from None
     name = "ema.safetensors" if ema and (run / "ema.safetensors").exists() else "model.safetensors"
     state = load_tensors(run / name)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        first = str(err).strip().splitlines()[-1].strip()
+        raise RunError(f"{run / name} does not match {run / 'config.json'}: {first}") from None
     if missing or unexpected:
         raise RunError(
             f"{run / name} does not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -8,9 +8,10 @@ Coding order (Bit-Swap recursion), for one batch of B images coded side by side 
     2. for each level, finest first: for i = 1..T pop z_{tᵢ} from
        q(z_{tᵢ} | z_{tᵢ₋₁}) = N(α_{tᵢ|tᵢ₋₁} z, σ²_{tᵢ|tᵢ₋₁}) and push z_{tᵢ₋₁} with the
        model's p(z_{tᵢ₋₁} | z_{tᵢ}, z₀^{<s}); finally push z₁ with N(0, I).
-  encoder, C-VDM (cascade map): every scale is a discrete image x_s with its own decoder,
-    so steps 1–2 run once per scale, finest scale first, conditioned on the clean coarser
-    scale. The code length is Σₛ −ELBOₛ (the redundant coarse pixels are paid for).
+  encoder, discrete maps (C-VDM's cascade, the integer lifting): every level is a discrete
+    image x_s with its own decoder over its own value range, so steps 1–2 run once per
+    level, finest first, conditioned on the clean coarser levels. The code length is
+    Σₛ −ELBOₛ (for C-VDM the redundant coarse pixels are paid for; lifting has none).
 
 The decoder runs the exact mirror image, so the coarsest level of a batch comes out
 first; batches are chained in one stream (batch 0 is encoded first and therefore decoded
@@ -269,29 +270,41 @@ def _encode(coder, symbols, model, *params) -> None:
         raise CodecError(f"corrupt stream: cannot give back a symbol ({err})") from None
 
 
-def pixel_probs(z0: np.ndarray, alpha0: float, sigma0: float, K: int) -> np.ndarray:
-    """p(x | z₀) per pixel (rows) over the K values, float64, unnormalised (max = 1)."""
-    values = 2 * (np.arange(K, dtype=np.float64) + 0.5) / K - 1
+def level_probs(z0: np.ndarray, alpha0: float, sigma0: float, K: int, lo: int = 0, hi: int | None = None):
+    """p(v | z₀) per entry (rows) over the integer values v = lo..hi (default: the K pixel
+    values), float64, unnormalised (max = 1): VDM's decoder with e_v = 2 (v − mid)/K."""
+    hi = K - 1 if hi is None else hi
+    values = 2 * (np.arange(lo, hi + 1, dtype=np.float64) - (lo + hi) / 2) / K
     logits = -0.5 * ((z0[:, None] / alpha0 - values[None, :]) / (sigma0 / alpha0)) ** 2
     logits -= logits.max(axis=1, keepdims=True)
     return np.exp(logits)
 
 
-def push_pixels(coder, x: np.ndarray, z0: np.ndarray, alpha0, sigma0, K) -> None:
-    for start in range(0, len(x), PIXEL_CHUNK):
-        sl = slice(start, start + PIXEL_CHUNK)
-        probs = pixel_probs(z0[sl], alpha0, sigma0, K)
-        _encode(coder, x[sl].astype(np.int32), _CAT, probs)
+def _chunk_rows(lo: int, hi: int) -> int:
+    """Rows per constriction call, so a chunk holds about PIXEL_CHUNK × 256 probabilities."""
+    return max(1, PIXEL_CHUNK * 256 // (hi - lo + 1))
 
 
-def pop_pixels(coder, z0: np.ndarray, alpha0, sigma0, K, guard) -> np.ndarray:
+def push_pixels(coder, x: np.ndarray, z0: np.ndarray, alpha0, sigma0, K, lo=0, hi=None) -> None:
+    """Push integer values x (in lo..hi, default the pixel values) with p(x | z₀)."""
+    hi = K - 1 if hi is None else hi
+    step = _chunk_rows(lo, hi)
+    for start in range(0, len(x), step):
+        sl = slice(start, start + step)
+        probs = level_probs(z0[sl], alpha0, sigma0, K, lo, hi)
+        _encode(coder, (x[sl] - lo).astype(np.int32), _CAT, probs)
+
+
+def pop_pixels(coder, z0: np.ndarray, alpha0, sigma0, K, guard, lo=0, hi=None) -> np.ndarray:
+    """Mirror of :func:`push_pixels`."""
     if not np.all(np.isfinite(z0)):
         raise CodecError("corrupt stream: latents are not finite")
-    starts = list(range(0, len(z0), PIXEL_CHUNK))
+    hi = K - 1 if hi is None else hi
+    step = _chunk_rows(lo, hi)
     out = np.empty(len(z0), dtype=np.int64)
-    for start in reversed(starts):
-        sl = slice(start, start + PIXEL_CHUNK)
-        out[sl] = coder.decode(_CAT, pixel_probs(z0[sl], alpha0, sigma0, K))
+    for start in reversed(range(0, len(z0), step)):
+        sl = slice(start, start + step)
+        out[sl] = coder.decode(_CAT, level_probs(z0[sl], alpha0, sigma0, K, lo, hi)) + lo
         guard.after_pop(coder)
     return out
 
@@ -326,7 +339,7 @@ def reservoir(n: int) -> np.ndarray:
 class _Levels:
     def __init__(self, model: PCDM):
         self.model = model
-        self.vp = model.map.volume_preserving
+        self.vp = not model.map.discrete
         self.lp = model.map.name == "lp"
         self.shapes = model.level_shapes
         self.S = len(self.shapes)
@@ -372,6 +385,9 @@ class _Batch:
         self.L = _Levels(model)
         self.K = model.config.K
         self.alpha0, self.sigma0 = float(grid.alpha[0]), float(grid.sigma[0])
+        if model.map.discrete:
+            chw = model.config.image_shape
+            self.ranges = [model.map.value_range(k, chw, self.K) for k in range(self.L.S)]
 
     def _mean_p(self, k, j_i, i, cond) -> np.ndarray:
         g, T = self.grid, self.grid.T
@@ -445,16 +461,28 @@ class _Batch:
                 self.chain_encode(k, js[k], model.map.condition(z0s, k))
         else:
             xs = model.map(x)
-            clean = [model.encode(xk) for xk in xs]
             for k in reversed(range(L.S)):
-                coords = [L.to_coords(k, clean[k])]
+                coords = [L.to_coords(k, model.encode_level(k, xs[k]))]
                 (j0,) = self._z0_pop(coords, k)
                 (z0,) = self._z0_native([k], [j0])
-                push_pixels(
-                    self.coder, xs[k].reshape(-1).numpy(), z0.reshape(-1).double().numpy(),
-                    self.alpha0, self.sigma0, self.K,
-                )  # fmt: skip
-                self.chain_encode(k, j0, model.map.condition(clean, k))
+                self._push_level(k, xs[k], z0)
+                self.chain_encode(k, j0, model.discrete_condition(xs, k))
+
+    # -- discrete levels: one channel (one value range) at a time ---------------
+    def _push_level(self, k: int, v: torch.Tensor, z0: torch.Tensor) -> None:
+        for ch, (lo, hi) in enumerate(self.ranges[k]):
+            args = (z0[:, ch].reshape(-1).double().numpy(), self.alpha0, self.sigma0, self.K)
+            push_pixels(self.coder, v[:, ch].reshape(-1).numpy(), *args, lo=lo, hi=hi)
+
+    def _pop_level(self, k: int, z0: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(z0.shape, dtype=torch.int64)
+        for ch in reversed(range(len(self.ranges[k]))):
+            lo, hi = self.ranges[k][ch]
+            args = (z0[:, ch].reshape(-1).double().numpy(), self.alpha0, self.sigma0, self.K)
+            out[:, ch] = torch.from_numpy(pop_pixels(self.coder, *args, self.guard, lo=lo, hi=hi)).view(
+                out[:, ch].shape
+            )
+        return out
 
     def decode(self, b: int, stop_level: int | None = None):
         """Returns (pixels (b,C,H,W) uint8 or None if stopped early, previews per level)."""
@@ -479,27 +507,25 @@ class _Batch:
             cs = model.map(model.encode(x))
             self._z0_push(js, [L.to_coords(k, c) for k, c in enumerate(cs)], 0)
             return x.to(torch.uint8), previews
-        clean = []
+        xs = []
         for k in range(last + 1):
-            c, h, w = L.shapes[k]
-            j0 = self.chain_decode(k, b, model.map.condition(clean, k))
+            j0 = self.chain_decode(k, b, model.discrete_condition(xs, k))
             (z0,) = self._z0_native([k], [j0])
-            xk = pop_pixels(
-                self.coder, z0.reshape(-1).double().numpy(), self.alpha0, self.sigma0,
-                self.K, self.guard,
-            )  # fmt: skip
-            xk = torch.from_numpy(xk).reshape(b, c, h, w)
-            clean.append(model.encode(xk))
-            self._z0_push([j0], [L.to_coords(k, clean[k])], k)
-            previews.append(xk.to(torch.uint8))
+            xs.append(self._pop_level(k, z0))
+            self._z0_push([j0], [L.to_coords(k, model.encode_level(k, xs[k]))], k)
+            previews.append(model.map.octave_image(xs).clamp(0, self.K - 1).to(torch.uint8))
         if last < L.S - 1:
             return None, previews
-        x = previews[-1]
-        # The coarser scales are subsamples of the image: a free consistency check.
-        for k, xk in enumerate(model.map(x)):
-            if not torch.equal(xk, previews[k]):
-                raise CodecError("corrupt stream: the decoded scales disagree")
-        return x, previews
+        x = model.map.inverse(xs)
+        # A free consistency check: the decoded levels must be those of a valid image (the
+        # cascade's coarser scales are subsamples of it; lifting levels map back exactly).
+        if (
+            int(x.min()) < 0
+            or int(x.max()) >= self.K
+            or not all(torch.equal(a, b) for a, b in zip(model.map(x), xs))
+        ):
+            raise CodecError("corrupt stream: the decoded levels disagree")
+        return x.to(torch.uint8), previews
 
 
 # ---------------------------------------------------------------------------

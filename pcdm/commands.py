@@ -92,6 +92,9 @@ def run_eval(args) -> int:
         print(f"  bound  {out['bpd']:.4f} ± {out['bpd_se']:.4f} bpd")
         for key in sorted(k for k in out if k.startswith("bpd_") and k != "bpd_se"):
             print(f"  {key[4:]:<10} {out[key]:.4f}")
+        for level, bands in out.get("diffusion_bands", {}).items():
+            cells = "  ".join(f"{label} {v:.4f}" for label, v in bands.items())
+            print(f"  {level} diffusion by γ band: {cells}")
     return 0
 
 

@@ -10,13 +10,24 @@ Each map also knows, per level:
     (identity except for the Laplacian pyramid's detail levels, where it is I − P);
   * ``dims(shape)``    nₖ, the dimension of that subspace (Σ nₖ = d for exact maps);
   * ``condition(cs, k)`` the image rebuilt from the coarser levels ``cs[:k]`` at level k's
-    spatial size, which the level-k ε-network receives (SPEC §4).
+    spatial size, which the level-k ε-network receives (SPEC §4);
+  * ``view(k, z, cond)`` the *octave view*: the pixels of level k's octave rebuilt from
+    the conditioning and the level's own latent, space-to-depth to level k's size;
+  * ``lattice(k)`` how finely the coefficients, the conditioning and the view are
+    quantised, so the networks get Fourier features at the right frequencies (SPEC §4).
+
+Discrete maps (``discrete = True``: the C-VDM cascade and the integer Haar lifting) take
+*integer* images to integer levels; every level is then a discrete image with its own
+value range (``value_range``) and its own decoder, conditioned on the clean coarser levels.
 Levels are indexed from 0 in code (level 1 of the paper is ``k = 0``).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # ---------------------------------------------------------------------------
@@ -77,11 +88,22 @@ def octave_shapes(chw: tuple[int, int, int], levels: int) -> list[tuple[int, int
 # ---------------------------------------------------------------------------
 
 
+class Lattice(NamedTuple):
+    """Octaves o of the value lattices a level's network sees: a quantity at octave o takes
+    values on a grid of spacing (2/K)/2^o in the model's units (o = 0: the pixel grid; each
+    orthonormal 2×2 sum / 2 halves the spacing). None: the network does not get it."""
+
+    z: int  # the level's own coefficients
+    cond: int | None = None  # the conditioning image
+    view: int | None = None  # the octave view
+
+
 class HierarchicalMap:
     """Base class: a linear map from pixel space to S levels, coarse first."""
 
     name = "identity"
     volume_preserving = True  # hᵀh = I and each level modelled in its own subspace
+    discrete = False  # integer levels, each with its own discrete decoder
 
     def __init__(self, levels: int = 1):
         if levels < 1:
@@ -99,11 +121,11 @@ class HierarchicalMap:
     def condition_channels(self, chw: tuple[int, int, int], k: int) -> int:
         return 0 if k == 0 else chw[0]
 
-    def octaves(self, k: int) -> int:
-        """How many halvings of the pixel grid spacing level k's coefficients carry
-        (each 2×2 sum / 2 refines the lattice of possible values by 2)."""
-        if self.name in ("haar", "lp"):
-            return self.levels - 1 if k == 0 else self.levels - k
+    def lattice(self, k: int) -> Lattice:
+        """Octaves of the lattices level k's network sees (see :class:`Lattice`)."""
+        return Lattice(z=0)
+
+    def view_channels(self, chw: tuple[int, int, int], k: int) -> int:
         return 0
 
     # --- the map ----------------------------------------------------------
@@ -119,6 +141,11 @@ class HierarchicalMap:
 
     def condition(self, cs: list[Tensor], k: int) -> Tensor | None:
         """Image rebuilt from levels < k, at level k's spatial size (None for k = 0)."""
+        return None
+
+    def view(self, k: int, z: Tensor, cond: Tensor | None) -> Tensor | None:
+        """Octave view of level k: its octave's pixels rebuilt from ``cond`` and ``z``
+        (a function of the network's inputs only, so the bound stays an exact ELBO)."""
         return None
 
     def __call__(self, f: Tensor) -> list[Tensor]:
@@ -173,6 +200,22 @@ class Haar(HierarchicalMap):
         # The LL band at level k's resolution, rebuilt from the coarser levels only.
         return None if k == 0 else self.inverse(cs[:k])
 
+    def lattice(self, k):
+        # LL and details at level k's size are sums of 4^o pixels / 2^o: octave o = S − k
+        # (k ≥ 1) or S − 1 (k = 0); one synthesis step gives the next finer octave.
+        if k == 0:
+            return Lattice(z=self.levels - 1)
+        o = self.levels - k
+        return Lattice(z=o, cond=o, view=o - 1)
+
+    def view_channels(self, chw, k):
+        return 0 if k == 0 else 4 * chw[0]
+
+    def view(self, k, z, cond):
+        # One synthesis step (cond = LL, z = details), then space-to-depth: the 2×2 block of
+        # the finer octave's values sits on one site, where the lattice of s = Hv is visible.
+        return None if k == 0 else F.pixel_unshuffle(haar_synthesis(cond, z), 2)
+
 
 class LaplacianPyramid(HierarchicalMap):
     """Exact Laplacian pyramid as a tight frame (SPEC §2).
@@ -213,8 +256,50 @@ class LaplacianPyramid(HierarchicalMap):
         # Dᵀ y⁽ᵏ⁾: the block-constant part of level k's octave, rebuilt from coarser levels.
         return None if k == 0 else up(self.inverse(cs[:k]))
 
+    def lattice(self, k):
+        # y⁽ᵏ⁾ = D^(S−1−k) f is at octave S−1−k; Dᵀ and I − P = I − DᵀD refine it further.
+        o = self.levels - 1 - k
+        if k == 0:
+            return Lattice(z=o)
+        return Lattice(z=o + 1, cond=o + 2, view=o)
 
-class Cascade(HierarchicalMap):
+    def view_channels(self, chw, k):
+        return 0 if k == 0 else chw[0]
+
+    def view(self, k, z, cond):
+        # up(cond) + z_t: the octave image y⁽ᵏ⁾ seen through the level's noise.
+        return None if k == 0 else cond + z
+
+
+class DiscreteMap(HierarchicalMap):
+    """A map of integer images to integer levels, each a discrete image of its own.
+
+    Every level gets its own VDM with its own discrete decoder over ``value_range`` and is
+    conditioned on the *clean* coarser levels (``condition`` takes the integer levels and
+    returns an integer image in 0..K−1 at level k's size). Diffusion noise is mapped by
+    ``noise_levels``, an orthonormal map onto the same level shapes where one exists.
+    """
+
+    volume_preserving = False
+    discrete = True
+
+    def value_range(self, k: int, chw: tuple[int, int, int], K: int) -> list[tuple[int, int]]:
+        """(lowest, highest) integer value of each channel of level k."""
+        return [(0, K - 1)] * self.level_shapes(chw)[k][0]
+
+    def noise_levels(self, eps: Tensor) -> list[Tensor]:
+        """Pixel-space Gaussian noise → one noise tensor per level (iid N(0, 1) in each)."""
+        return self.forward(eps)
+
+    def octave_image(self, xs: list[Tensor]) -> Tensor:
+        """The integer image (values 0..K−1) at the resolution of the finished levels ``xs``."""
+        return xs[-1]
+
+    def lattice(self, k):
+        return Lattice(z=0, cond=None if k == 0 else 0)
+
+
+class Cascade(DiscreteMap):
     """C-VDM's subsampling cascade (paper §4.1, appendix C): NOT volume-preserving.
 
     Level k is the image subsampled by keeping the top-left pixel of each 2×2 block,
@@ -223,7 +308,6 @@ class Cascade(HierarchicalMap):
     """
 
     name = "cascade"
-    volume_preserving = False
 
     def level_shapes(self, chw):
         return octave_shapes(chw, self.levels)
@@ -244,7 +328,99 @@ class Cascade(HierarchicalMap):
         return cs[k - 1].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
 
 
-MAPS = {"identity": Identity, "haar": Haar, "lp": LaplacianPyramid, "cascade": Cascade}
+# ---------------------------------------------------------------------------
+# Integer Haar lifting (the S-transform): a bijection of the integer pixel lattice.
+
+
+def _lift_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, b) ↦ (⌊(a + b)/2⌋, a − b): integer to integer and invertible."""
+    return torch.div(a + b, 2, rounding_mode="floor"), a - b
+
+
+def _unlift_pairs(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`_lift_pairs`: a = low + ⌊(high + 1)/2⌋, b = a − high (a + b and
+    a − b share their parity, so ⌊(a + b)/2⌋ loses nothing that high does not hold)."""
+    a = low + torch.div(high + 1, 2, rounding_mode="floor")
+    return a, a - high
+
+
+def lift_analysis(y: Tensor) -> tuple[Tensor, Tensor]:
+    """One integer Haar step, rows then columns: (N,C,H,W) ints → LL (values in the range
+    of y) and the three detail bands [LH, HL, HH] stacked as 3C channels."""
+    low, high = _lift_pairs(y[..., 0::2], y[..., 1::2])
+    ll, lh = _lift_pairs(low[..., 0::2, :], low[..., 1::2, :])
+    hl, hh = _lift_pairs(high[..., 0::2, :], high[..., 1::2, :])
+    return ll, torch.cat([lh, hl, hh], dim=1)
+
+
+def lift_synthesis(ll: Tensor, details: Tensor) -> Tensor:
+    """Exact inverse of :func:`lift_analysis`."""
+    lh, hl, hh = details.chunk(3, dim=1)
+    n, c, h, w = ll.shape
+    low = ll.new_empty(n, c, 2 * h, w)
+    high = ll.new_empty(n, c, 2 * h, w)
+    low[..., 0::2, :], low[..., 1::2, :] = _unlift_pairs(ll, lh)
+    high[..., 0::2, :], high[..., 1::2, :] = _unlift_pairs(hl, hh)
+    y = ll.new_empty(n, c, 2 * h, 2 * w)
+    y[..., 0::2], y[..., 1::2] = _unlift_pairs(low, high)
+    return y
+
+
+class Lifting(DiscreteMap):
+    """Integer Haar lifting: level 0 = the final integer LL (values 0..K−1), level k ≥ 1 =
+    the integer detail bands [LH, HL, HH] of that octave (3C channels), as the Haar map.
+
+    The map is a bijection of integer images, so P(x) = Πₛ P(levelₛ | levels<ₛ) exactly:
+    conditioning on the clean coarser levels is the chain rule, and every level is a
+    discrete image with no lattice shared between levels. Ranges: LL in 0..K−1, LH and HL
+    in ±(K−1), HH in ±2(K−1).
+    """
+
+    name = "lift"
+
+    level_shapes = Haar.level_shapes
+
+    def forward(self, x):
+        check_divisible(x.shape, self.levels)
+        if x.dtype.is_floating_point:
+            raise TypeError("the integer lifting map takes integer images")
+        details, y = [], x
+        for _ in range(self.levels - 1):
+            y, d = lift_analysis(y)
+            details.append(d)
+        return [y, *reversed(details)]
+
+    def inverse(self, cs):
+        y = cs[0]
+        for d in cs[1:]:
+            y = lift_synthesis(y, d)
+        return y
+
+    octave_image = inverse
+
+    def condition(self, cs, k):
+        # The integer LL image at level k's resolution (values 0..K−1), from coarser levels.
+        return None if k == 0 else self.inverse(cs[:k])
+
+    def value_range(self, k, chw, K):
+        c = chw[0]
+        if k == 0:
+            return [(0, K - 1)] * c
+        m = K - 1
+        return [(-m, m)] * (2 * c) + [(-2 * m, 2 * m)] * c
+
+    def noise_levels(self, eps):
+        # The orthonormal Haar map has the same level shapes: iid noise per level.
+        return Haar(self.levels).forward(eps)
+
+
+MAPS = {
+    "identity": Identity,
+    "haar": Haar,
+    "lp": LaplacianPyramid,
+    "cascade": Cascade,
+    "lift": Lifting,
+}
 
 
 def build_map(name: str, levels: int) -> HierarchicalMap:

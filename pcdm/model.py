@@ -10,8 +10,10 @@ ELBO of each image in nats, split into its terms
     recon      −log p(x | z₀),  z₀ = hᵀ(z₀¹ … z₀ˢ) = α₀ f + σ₀ ε₀
 
 For the volume-preserving maps the joint over levels is the likelihood of x (paper
-Lemma 4.1), so the total is an upper bound on −log P(x). For C-VDM (cascade map) every
-level is its own discrete image with its own decoder, and Σₛ −ELBOₛ bounds −log P(x) by
+Lemma 4.1), so the total is an upper bound on −log P(x). For the discrete maps every level
+is its own discrete image with its own decoder, conditioned on the clean coarser levels:
+for the integer lifting (lift-pcdm) the levels are a bijection of x, so Σₛ −ELBOₛ bounds
+−log P(x) exactly by the chain rule; for C-VDM (cascade map) it bounds −log P(x) by
 dropping the sum over the other scales' values: valid, but loose.
 """
 
@@ -26,14 +28,20 @@ from torch import Tensor, nn
 
 from .maps import HierarchicalMap, build_map, check_divisible
 from .schedules import alpha_sigma, build_schedule
-from .unet import UNet
+from .unet import UNet, fourier_features
 
-MODEL_MAPS = {"vdm": "identity", "c-vdm": "cascade", "lp-pcdm": "lp", "w-pcdm": "haar"}
+MODEL_MAPS = {
+    "vdm": "identity",
+    "c-vdm": "cascade",
+    "lp-pcdm": "lp",
+    "w-pcdm": "haar",
+    "lift-pcdm": "lift",
+}
 
 
 @dataclass
 class ModelConfig:
-    model: str = "w-pcdm"  # vdm | c-vdm | lp-pcdm | w-pcdm
+    model: str = "w-pcdm"  # vdm | c-vdm | lp-pcdm | w-pcdm | lift-pcdm
     levels: int = 2  # S (forced to 1 for vdm)
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the original image
     K: int = 256  # number of pixel values
@@ -43,6 +51,7 @@ class ModelConfig:
     attention: bool = True  # middle attention block
     dropout: float = 0.0
     fourier: tuple[int, int] | str | None = "auto"  # Fourier exponents n (pixel grid), "auto", None
+    lattice_features: bool = True  # Fourier features of the conditioning and octave view (SPEC §4)
     schedule: str = "learned"  # fixed | learned | monotone
     gamma_min: float | None = None  # γ(0) at init; None: −13.3 + 2 ln(256/K), VDM's σ₀ per bin width
     gamma_max: float = 5.0  # γ(1) at initialisation
@@ -71,11 +80,18 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """The config saved in a run. Runs from before lattice features had none."""
+        return cls(**{"lattice_features": False, **d})
+
 
 @dataclass
 class Bound:
     """Negative ELBO per image, in nats, by term. ``levels[:, s]`` = prior + diffusion of
-    level s (+ its reconstruction for C-VDM); ``dims`` = d of the original image."""
+    level s (+ its reconstruction for discrete maps); ``dims`` = d of the original image.
+    ``extras``: ``gamma_t`` and ``diffusion_levels``, (N, S) each: the γ(t) at which each
+    level's one-sample diffusion term was drawn and that term (for γ-band diagnostics)."""
 
     prior: Tensor
     diffusion: Tensor
@@ -156,8 +172,9 @@ class PCDM(nn.Module):
                 depth=config.depth,
                 attention=config.attention,
                 dropout=config.dropout,
-                fourier=_shift(config.fourier, self.map.octaves(k)),
+                fourier=_shift(config.fourier, self.map.lattice(k).z),
                 gamma_range=(config.gamma_min, config.gamma_max),
+                extra_channels=self._lattice_channels(k),
             )
             for k, shape in enumerate(self.level_shapes)
         )
@@ -168,6 +185,11 @@ class PCDM(nn.Module):
         """Floating dtype of the model (float64 after ``model.double()``)."""
         p = next(self.parameters(), None)
         return torch.get_default_dtype() if p is None else p.dtype
+
+    @property
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
 
     @property
     def dims(self) -> int:
@@ -199,35 +221,99 @@ class PCDM(nn.Module):
     # --- pieces of the bound -------------------------------------------------
     def eps_hat(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
         """Πₖ ε̂_θᵏ(z_t, γ_t; cond): the network's noise prediction in level k's subspace."""
-        return self.map.project(k, self.nets[k](z, gamma, cond))
+        return self.map.project(k, self.nets[k](z, gamma, cond, self.lattice_features(k, z, cond)))
 
-    def log_p_x_given_z0(self, x: Tensor, z0: Tensor, gamma_0: Tensor) -> Tensor:
+    # --- lattice awareness (SPEC §4) -----------------------------------------
+    def _exponents(self, octave: int, coarser: int = 0) -> tuple[int, int]:
+        """Fourier exponents n for values on the grid (2/K)/2^octave: periods from 2^coarser
+        grid steps (coarser = 2 reads a sum mod 4) down to half a grid step."""
+        c = round(math.log2(self.config.K / 2)) + octave  # period 2^−c = one grid step
+        return c - max(1, coarser), c + 1
+
+    def _lattice_channels(self, k: int) -> int:
+        lat = self.map.lattice(k)
+        if not self.config.lattice_features or k == 0:
+            return 0
+        n = 0
+        if lat.cond is not None:
+            lo, hi = self._exponents(lat.cond, coarser=2)
+            n += 2 * (hi - lo + 1) * self.map.condition_channels(self.config.image_shape, k)
+        if lat.view is not None:
+            lo, hi = self._exponents(lat.view)
+            n += 2 * (hi - lo + 1) * self.map.view_channels(self.config.image_shape, k)
+        return n
+
+    def lattice_features(self, k: int, z: Tensor, cond: Tensor | None) -> Tensor | None:
+        """Fourier features of the conditioning and of the octave view, at frequencies that
+        resolve their lattices: the detail level can then read which sub-lattice its own
+        coefficients lie on (for Haar, fixed by the coarse coefficient mod 4). Functions of
+        (z_t, z₀^{<s}) only, so the bound, the sampler and the codec all see the same net."""
+        if not self._lattice_channels(k):
+            return None
+        lat, parts = self.map.lattice(k), []
+        if lat.cond is not None:
+            parts.append(fourier_features(cond, *self._exponents(lat.cond, coarser=2)))
+        if lat.view is not None:
+            parts.append(fourier_features(self.map.view(k, z, cond), *self._exponents(lat.view)))
+        return torch.cat(parts, dim=1)
+
+    def value_range(self, k: int | None = None) -> tuple[Tensor, Tensor]:
+        """Lowest and highest integer value per channel, (C, 1, 1) each: of the image
+        (k = None) or of discrete level k."""
+        if k is None:
+            ranges = [(0, self.config.K - 1)] * self.config.image_shape[0]
+        else:
+            ranges = self.map.value_range(k, self.config.image_shape, self.config.K)
+        lo, hi = torch.tensor(ranges, device=self._device).T
+        return lo.view(-1, 1, 1), hi.view(-1, 1, 1)
+
+    def encode_level(self, k: int, v: Tensor) -> Tensor:
+        """A discrete level's integers in model units: 2 (v − mid) / K, mid the centre of
+        the channel's range (for pixels 2 (x + ½)/K − 1: one grid step is 2/K everywhere)."""
+        lo, hi = self.value_range(k)
+        return 2 * (v.to(self.dtype) - (lo + hi).to(self.dtype) / 2) / self.config.K
+
+    def log_p_x_given_z0(self, x: Tensor, z0: Tensor, gamma_0: Tensor, k: int | None = None) -> Tensor:
         """VDM's discrete per-pixel decoder, summed over pixels: log p(x | z₀), (N,).
 
-        logits over v: −½ ((u − e_v)/s)², u = z₀/α₀, s = σ₀/α₀, e_v = 2(v + ½)/K − 1.
+        For the image (k = None), logits over v: −½ ((u − e_v)/s)², u = z₀/α₀, s = σ₀/α₀,
+        e_v = 2(v + ½)/K − 1; for discrete level k the values run over that level's range
+        with ``encode_level``'s e_v (same grid step Δ = 2/K).
         The normaliser only needs the values near u: with v* the value nearest to u, a value
         j ≥ 1 bins away has log-weight below the largest by at least ½ j(j−1) (Δ/s)²
         (Δ = 2/K), so all values more than W bins away together weigh less than
-        K exp(−½ W(W+1) (Δ/s)²) ≤ 2⁻⁶⁰ times the largest when W is chosen as below: the
-        windowed log-sum-exp equals the full one to within floating-point rounding. For
-        K = 256 at VDM's γ₀ that is 5 values instead of 256 (the N·d·K logits tensor was
-        most of a W-PCDM training step); a wide s falls back to all K values.
+        R exp(−½ W(W+1) (Δ/s)²) ≤ 2⁻⁶⁰ times the largest (R values in the range) when W is
+        chosen as below: the windowed log-sum-exp equals the full one to within
+        floating-point rounding. For K = 256 at VDM's γ₀ that is 5 values instead of 256 (the
+        N·d·K logits tensor was most of a W-PCDM training step); a wide s falls back to the
+        whole range.
         """
         K = self.config.K
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        lo, hi = self.value_range(k)
+        mid = (lo + hi).to(z0.dtype) / 2
         u, s = z0 / alpha_0, sigma_0 / alpha_0
         x = x.long()
-        logit_x = -0.5 * ((u - (2 * (x.to(u.dtype) + 0.5) / K - 1)) / s) ** 2
+        logit_x = -0.5 * ((u - 2 * (x - mid) / K) / s) ** 2
+        R = int((hi - lo).max()) + 1  # values in the widest channel's range
         ratio2 = (2 / K / float(s.detach())) ** 2  # (Δ/s)²
-        need = 2 * (60 * math.log(2) + math.log(K)) / ratio2  # W(W+1) ≥ need
+        need = 2 * (60 * math.log(2) + math.log(R)) / ratio2  # W(W+1) ≥ need
         w = math.ceil((math.sqrt(1 + 4 * need) - 1) / 2)
-        if 2 * w + 1 >= K:
-            bins = torch.arange(K, device=z0.device)
+        if 2 * w + 1 >= int((hi - lo).min()) + 1:
+            offsets = torch.arange(R, device=z0.device)
+            bins = lo[..., None] + offsets  # (C, 1, 1, R): every value of the channel
+            valid = bins <= hi[..., None]
         else:
-            nearest = torch.round((u.detach() + 1) * K / 2 - 0.5).clamp(w, K - 1 - w).long()
-            bins = nearest[..., None] + torch.arange(-w, w + 1, device=z0.device)
-        values = 2 * (bins.to(u.dtype) + 0.5) / K - 1
+            v_cont = u.detach() * K / 2 + mid
+            nearest = torch.minimum(
+                torch.maximum(torch.round(v_cont), (lo + w).to(u.dtype)), (hi - w).to(u.dtype)
+            )
+            bins = nearest.long()[..., None] + torch.arange(-w, w + 1, device=z0.device)
+            valid = None
+        values = 2 * (bins.to(u.dtype) - mid[..., None]) / K
         logits = -0.5 * ((u[..., None] - values) / s) ** 2
+        if valid is not None:
+            logits = logits.masked_fill(~valid, -math.inf)
         logp = logit_x - torch.logsumexp(logits, -1)
         return logp.flatten(1).sum(1)
 
@@ -276,41 +362,56 @@ class PCDM(nn.Module):
         denoiser = denoiser or self.eps_hat
         gamma_0 = self.schedule(torch.zeros((), device=x.device, dtype=self.dtype))
         gamma_1 = self.schedule(torch.ones((), device=x.device, dtype=self.dtype))
+        if self.map.discrete:
+            return self._nelbo_discrete(x, steps, denoiser, noise, gamma_0, gamma_1)
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
         f = self.encode(x)
         cs = self.map(f)
-        if self.map.volume_preserving:
-            # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
-            z0 = alpha_0 * f + sigma_0 * noise.eps0
-            conds = self.map(z0)
-            recon = -self.log_p_x_given_z0(x, z0, gamma_0)
-        else:
-            # C-VDM: each scale is a discrete image conditioned on the clean coarser one.
-            conds, recon = cs, 0.0
+        # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
+        z0 = alpha_0 * f + sigma_0 * noise.eps0
+        conds = self.map(z0)
+        recon = -self.log_p_x_given_z0(x, z0, gamma_0)
         eps_levels = self.map(noise.eps)  # εˢ = h(ε)ˢ: iid within each subspace
         priors, diffs = [], []
         for k, c in enumerate(cs):
-            eps = eps_levels[k]
             cond = self.map.condition(conds, k)
             priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
-            diffs.append(self.diffusion_loss(k, c, eps, noise.t[k], cond, steps, denoiser))
-        levels = torch.stack(priors, 1) + torch.stack(diffs, 1)
-        if not self.map.volume_preserving:
-            recons = []
-            eps0_levels, x_levels = self.map(noise.eps0), self.map(x)
-            for k, c in enumerate(cs):
-                z0_k = alpha_0 * c + sigma_0 * eps0_levels[k]
-                x_k = x_levels[k]
-                recons.append(-self.log_p_x_given_z0(x_k, z0_k, gamma_0))
-            levels = levels + torch.stack(recons, 1)
-            recon = torch.stack(recons, 1).sum(1)
-        return Bound(
-            prior=torch.stack(priors, 1).sum(1),
-            diffusion=torch.stack(diffs, 1).sum(1),
-            recon=recon,
-            levels=levels,
-            dims=self.dims,
-        )
+            diffs.append(self.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+        prior, diff = torch.stack(priors, 1), torch.stack(diffs, 1)
+        extras = self._extras(noise.t, steps, diff)
+        return Bound(prior.sum(1), diff.sum(1), recon, levels=prior + diff, dims=self.dims, extras=extras)
+
+    def _nelbo_discrete(self, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
+        """Discrete maps: every level is a discrete image with its own prior, diffusion and
+        decoder, conditioned on the clean coarser levels. For the integer lifting this is the
+        chain rule −log P(x) = Σₛ −log P(xₛ | x<ₛ) bounded term by term."""
+        alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        xs = self.map(x.long())
+        eps0_levels, eps_levels = self.map.noise_levels(noise.eps0), self.map.noise_levels(noise.eps)
+        priors, diffs, recons = [], [], []
+        for k, v in enumerate(xs):
+            c = self.encode_level(k, v)
+            cond = self.discrete_condition(xs, k)
+            priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
+            diffs.append(self.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+            z0 = alpha_0 * c + sigma_0 * eps0_levels[k]
+            recons.append(-self.log_p_x_given_z0(v, z0, gamma_0, k))
+        prior, diff, recon = (torch.stack(v, 1) for v in (priors, diffs, recons))
+        levels = prior + diff + recon
+        extras = self._extras(noise.t, steps, diff)
+        return Bound(prior.sum(1), diff.sum(1), recon.sum(1), levels=levels, dims=self.dims, extras=extras)
+
+    def _extras(self, t: Tensor, steps: int | None, diff: Tensor) -> dict:
+        """γ at each level's sampled time (the step's upper end for T steps), (N, S)."""
+        with torch.no_grad():
+            t_eval = t.T if steps is None else (torch.floor(t.T * steps) + 1) / steps
+            gamma_t = self.schedule(t_eval.to(self.dtype))
+        return {"gamma_t": gamma_t, "diffusion_levels": diff.detach()}
+
+    def discrete_condition(self, xs: list[Tensor], k: int) -> Tensor | None:
+        """What level k of a discrete map is conditioned on: the clean integer image rebuilt
+        from the coarser levels ``xs[:k]``, encoded like pixels."""
+        return None if k == 0 else self.encode(self.map.condition(xs, k))
 
     def forward(
         self,
@@ -345,6 +446,13 @@ class PCDM(nn.Module):
         K = self.config.K
         return torch.clamp(torch.round((z0 / alpha_0 + 1) * K / 2 - 0.5), 0, K - 1).to(torch.uint8)
 
+    def decode_level(self, k: int, z0: Tensor) -> Tensor:
+        """argmax of a discrete level's decoder: the nearest value of its range, int64."""
+        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device)))
+        lo, hi = self.value_range(k)
+        v = torch.round(z0 / alpha_0 * self.config.K / 2 + (lo + hi).to(z0.dtype) / 2)
+        return torch.minimum(torch.maximum(v, lo.to(v.dtype)), hi.to(v.dtype)).long()
+
     @torch.no_grad()
     def sample(
         self, n: int, steps: int = 256, generator: torch.Generator | None = None, progress=None
@@ -352,9 +460,12 @@ class PCDM(nn.Module):
         """Ancestral sampling level by level, coarse first. Returns the uint8 images
         (N, C, H, W) and one uint8 preview per level (coarse to fine)."""
         device = next(self.parameters()).device
-        zs, previews = [], []
+        zs, xs, previews = [], [], []
         for k, shape in enumerate(self.level_shapes):
-            cond = self.map.condition(zs, k)
+            if self.map.discrete:
+                cond = self.discrete_condition(xs, k)
+            else:
+                cond = self.map.condition(zs, k)
             z = self.map.project(k, torch.randn((n, *shape), device=device, generator=generator))
             for i in range(steps, 0, -1):
                 t = torch.tensor(i / steps, device=device)
@@ -364,19 +475,19 @@ class PCDM(nn.Module):
                 z = mean + std * noise
                 if progress is not None:
                     progress.update(1)
-            if not self.map.volume_preserving:
-                # C-VDM: a finished scale is a discrete image; the next one sees it clean.
-                x_k = self.decode_pixels(z)
-                z = self.encode(x_k)
-            zs.append(z)
-            previews.append(self.preview(zs))
-        x = previews[-1]
-        return x, previews
+            if self.map.discrete:
+                # A finished level is a discrete image; the next one sees it clean.
+                xs.append(self.decode_level(k, z))
+                image = self.map.octave_image(xs)
+                previews.append(image.clamp(0, self.config.K - 1).to(torch.uint8))
+            else:
+                zs.append(z)
+                previews.append(self.preview(zs))
+        return previews[-1], previews
 
     def preview(self, zs: list[Tensor]) -> Tensor:
-        """uint8 image at the resolution of the finished levels ``zs`` (coarse first)."""
-        if not self.map.volume_preserving:
-            return self.decode_pixels(zs[-1])  # C-VDM: zs holds the clean coarser images
+        """uint8 image at the resolution of the finished levels ``zs`` (coarse first) of a
+        volume-preserving map."""
         # Haar LL / LP octave: each step of D multiplies block means by 2.
         octaves = len(self.level_shapes) - len(zs)
         return self.decode_pixels(self.map.inverse(zs) / 2**octaves)

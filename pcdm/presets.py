@@ -7,6 +7,8 @@ weight decay 0.01, β = (0.9, 0.99), EMA 0.9999, batch 128, no downsampling in t
 
 from __future__ import annotations
 
+from .model import MODEL_MAPS
+
 # dataset → (image shape, levels, base width, detail width, depth, dropout, train steps)
 _PAPER = {
     "cifar10": ((3, 32, 32), 2, 128, 64, 32, 0.1, 2_000_000),
@@ -24,7 +26,7 @@ PAPER_PARAMS = {
 
 PAPER_TRAIN = dict(lr=2e-4, weight_decay=0.01, beta2=0.99, ema=0.9999, batch=128, warmup=1000, grad_clip=1.0)
 
-MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm")
+MODELS = tuple(MODEL_MAPS)  # vdm, c-vdm, lp-pcdm, w-pcdm, lift-pcdm
 
 
 def _paper_preset(dataset: str, model: str) -> dict:

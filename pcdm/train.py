@@ -32,7 +32,7 @@ from .checkpoint import RunError, atomic_write, load_tensors, read_config, save_
 from .commands import save_grid
 from .data import load
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
-from .presets import get_preset
+from .presets import MODELS, get_preset
 
 
 @dataclass
@@ -89,6 +89,26 @@ def ema_with_warmup(decay: float):
         return d * averaged + (1 - d) * current
 
     return avg_fn
+
+
+def param_groups(model: PCDM, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the networks' weight matrices and kernels only. The
+    schedule's parameters are never decayed (decay drags γ(0) up every step, SPEC §3), nor
+    are biases and normalisation gains (1-D tensors), as is usual for transformers/U-Nets."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if name.startswith("schedule.") or p.dim() <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def gamma_ends(model: PCDM) -> dict[str, float]:
+    """γ(0) and γ(1) of the schedule, for the training log."""
+    with torch.no_grad():
+        ends = model.schedule(torch.tensor([0.0, 1.0], device=model._device, dtype=model.dtype))
+    return {"gamma_0": float(ends[0]), "gamma_1": float(ends[1])}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -170,9 +190,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
     model = PCDM(model_cfg).to(device)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay
-    )
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2))
     step = 0
     if resume:
         ck = latest_checkpoint(run)
@@ -271,6 +289,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             "lr": lr_at(step - 1, cfg),
             "grad_norm": float(gnorm),
             **terms,
+            **gamma_ends(model),
         }
         if log and (step % cfg.log_every == 0 or step == cfg.steps):
             last["time_s"] = round(time.time() - start, 2)
@@ -334,7 +353,7 @@ def _tensorboard(run: Path):
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on a dataset", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["vdm", "c-vdm", "lp-pcdm", "w-pcdm"], help="model family")
+    p.add_argument("--model", choices=MODELS, help="model family (default w-pcdm)")
     p.add_argument(
         "--data", help="dataset name, name:root, image folder or .npy/.npz (default fashion-mnist)"
     )
@@ -349,6 +368,11 @@ def add_train_parser(sub) -> None:
     for name, typ in [("width", int), ("detail-width", int), ("depth", int), ("dropout", float)]:
         p.add_argument(f"--{name}", type=typ, help="network knob (overrides the preset)")
     p.add_argument("--no-attention", action="store_true", help="drop the middle attention block")
+    p.add_argument(
+        "--no-lattice-features",
+        action="store_true",
+        help="do not give the networks Fourier features of the conditioning and octave view (ablation)",
+    )
     p.add_argument(
         "--schedule", choices=["fixed", "learned", "monotone"], help="γ schedule (default learned)"
     )
@@ -394,6 +418,8 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
             m[key] = getattr(args, key)
     if args.no_attention:
         m["attention"] = False
+    if args.no_lattice_features:
+        m["lattice_features"] = False
     for f in fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None and v is not False:
@@ -409,7 +435,7 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
 def run_train(args) -> int:
     if args.resume is not None:
         saved = read_config(args.resume)
-        mcfg = ModelConfig(**saved["model"])
+        mcfg = ModelConfig.from_dict(saved["model"])
         tcfg = TrainConfig(**saved["train"])
         for key in ("steps", "minutes"):  # a resumed run may be given a new stopping point
             if getattr(args, key) is not None:

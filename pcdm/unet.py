@@ -4,7 +4,8 @@ The network takes (z_t, γ_t, cond) and knows nothing of losses. Ingredients fro
 Fourier features of the input, an embedding of γ, ResNet blocks with skip connections
 from the "down" to the "up" half, one attention block in the middle, dropout, and the
 output skip ε̂ = z_t + net(…) (the base measure). The conditional variant concatenates
-the coarser-level image on channels.
+the coarser-level image on channels, and any precomputed features (the model's lattice
+features) after it.
 """
 
 from __future__ import annotations
@@ -91,14 +92,16 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         fourier: tuple[int, int] | None = (6, 8),  # exponents n of the Fourier features
         gamma_range: tuple[float, float] = (-13.3, 5.0),  # for the γ embedding only
+        extra_channels: int = 0,  # precomputed input features (lattice features, SPEC §4)
     ):
         super().__init__()
         self.channels, self.cond_channels, self.width = channels, cond_channels, width
+        self.extra_channels = extra_channels
         self.fourier, self.gamma_range = fourier, gamma_range
         n_fourier = 0 if fourier is None else 2 * (fourier[1] - fourier[0] + 1) * channels
         c_emb = 4 * width
         self.emb = nn.Sequential(nn.Linear(width, c_emb), nn.SiLU(), nn.Linear(c_emb, c_emb), nn.SiLU())
-        self.conv_in = nn.Conv2d(channels + n_fourier + cond_channels, width, 3, padding=1)
+        self.conv_in = nn.Conv2d(channels + n_fourier + cond_channels + extra_channels, width, 3, padding=1)
         self.down = nn.ModuleList(ResBlock(width, width, c_emb, dropout) for _ in range(depth))
         self.mid1 = ResBlock(width, width, c_emb, dropout)
         self.attn = Attention(width) if attention else nn.Identity()
@@ -107,7 +110,9 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(width), width)
         self.conv_out = _zero(nn.Conv2d(width, channels, 3, padding=1))
 
-    def forward(self, z: Tensor, gamma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, z: Tensor, gamma: Tensor, cond: Tensor | None = None, extra: Tensor | None = None
+    ) -> Tensor:
         if z.shape[1] != self.channels:
             raise ValueError(f"ε-network expects {self.channels} channels, got {z.shape[1]}")
         gamma = gamma.expand(z.shape[0]) if gamma.dim() == 0 else gamma
@@ -117,6 +122,8 @@ class UNet(nn.Module):
             parts.append(fourier_features(z, *self.fourier))
         if self.cond_channels:
             parts.append(cond)
+        if self.extra_channels:
+            parts.append(extra)
         h = self.conv_in(torch.cat(parts, dim=1))
         hs = [h]
         for block in self.down:

@@ -1,5 +1,6 @@
-"""benchmarks/ablation.py end to end on a tiny budget: four models, curves, both equal-budget
-comparisons, codecs, and --reuse skipping finished runs."""
+"""benchmarks/ablation.py end to end on a tiny budget: five models plus two equal-compute
+variants trained two at a time, curves, both equal-budget comparisons, γ bands, codecs,
+and --reuse skipping finished runs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from pcdm.baselines import available_codecs
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm")
+MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm", "lift-pcdm")
+RUNS = (*MODELS, "w-pcdm@24", "lift-pcdm@24")  # + equal-compute variants, widened to 24
 
 
 def _script():
@@ -44,13 +46,23 @@ def test_minutes_for_parsing(ablation):
         ablation.parse_args(["--minutes-for", "nonsense"])
     with pytest.raises(SystemExit):
         ablation.parse_args(["--models", "vdm,gan"])
+    args = ablation.parse_args(
+        ["--equal-flops-width", "64", "--variant", "plain=w-pcdm:--no-lattice-features"]
+    )
+    assert args.runs["w-pcdm@64"] == ("w-pcdm", ["--width", "64"])
+    assert args.runs["lift-pcdm@64"] == ("lift-pcdm", ["--width", "64"])
+    assert "vdm@64" not in args.runs and "lp-pcdm@64" not in args.runs  # their steps are not cheaper
+    assert args.runs["plain"] == ("w-pcdm", ["--no-lattice-features"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--variant", "x=gan:--width 3"])
 
 
 def test_ablation_end_to_end(ablation, tmp_path, capsys):
     results, work = tmp_path / "results", tmp_path / "work"
-    common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "1"]
+    common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "5"]
+    common += ["--equal-flops-width", "24", "--jobs", "2"]
     common += ["--out-dir", str(work), "--results-dir", str(results)]
-    assert ablation.main([*common, "--minutes", "0.1"]) == 0
+    assert ablation.main([*common, "--minutes", "0.05"]) == 0
 
     md = (results / "ablation.md").read_text()
     report = json.loads((results / "ablation.json").read_text())
@@ -59,8 +71,12 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
 
     (ds,) = report["datasets"]
     assert ds["data"] == "digits" and ds["n_test"] == 297 and ds["n_curve"] == 50
-    assert set(ds["models"]) == set(MODELS)
+    assert set(ds["models"]) == set(RUNS)
+    assert ds["models"]["w-pcdm@24"]["params"] > ds["models"]["w-pcdm"]["params"]  # widened
+    assert ds["models"]["lift-pcdm@24"]["flags"] == ["--width", "24"]
+    assert "| model | level | gamma<-10 |" in md  # the γ-band table
     for name, r in ds["models"].items():
+        assert r["seconds_per_step"] > 0
         et, ei = r["equal_time"], r["equal_images"]
         assert math.isfinite(et["bpd"]) and et["bpd"] > 0 and math.isfinite(et["bpd_se"]), name
         assert et["n_images"] == 297
@@ -84,7 +100,7 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     assert "| best classical codec per image |" in md
     assert ds["codecs"]["best"]["bpd"] <= min(ds["codecs"][c]["bpd"] for c in expected) + 1e-9
 
-    assert set(ds["ordering"]["equal_time"]["observed"]) == set(MODELS)
+    assert set(ds["ordering"]["equal_time"]["observed"]) == set(RUNS)
     assert "w-pcdm < lp-pcdm < vdm < c-vdm" in md and "Observed at equal wall-clock" in md
     for needle in ("Command: `python benchmarks/ablation.py", "Seeds:", "Machine:", "torch", "Date:"):
         assert needle in md
@@ -93,9 +109,9 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     # --reuse: the finished runs are not trained again (same settings), --fast evaluates the
     # equal-images point on the curve subset.
     capsys.readouterr()
-    assert ablation.main([*common, "--minutes", "0.1", "--reuse", "--fast"]) == 0
+    assert ablation.main([*common, "--minutes", "0.05", "--reuse", "--fast"]) == 0
     out = capsys.readouterr().out
-    assert out.count("reusing") == 4 and "pcdm train" not in out
+    assert out.count("reusing") == len(RUNS) and "pcdm train" not in out
     again = json.loads((results / "ablation.json").read_text())["datasets"][0]
     assert again["equal_images_on"] == "curve subset"
     for name, r in again["models"].items():
@@ -108,7 +124,7 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     old = dict(report, datasets=[dict(ds, data="other-set")])
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert (
-        ablation.main([*common, "--minutes", "0.1", "--reuse", "--keep-from", str(tmp_path / "old.json")])
+        ablation.main([*common, "--minutes", "0.05", "--reuse", "--keep-from", str(tmp_path / "old.json")])
         == 0
     )
     merged = json.loads((results / "ablation.json").read_text())
@@ -117,3 +133,21 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     assert merged["datasets"][1]["models"] == json.loads(json.dumps(ds["models"]))
     md = (results / "ablation.md").read_text()
     assert md.count("*Carried over from an earlier run*") == 1 and "## other-set" in md
+
+
+def test_budget_by_steps(ablation, tmp_path):
+    """--budget steps: each run's speed is measured alone first and it trains for the steps
+    the budget buys at that speed; the time axis is steps × measured seconds per step."""
+    results = tmp_path / "results"
+    args = ["--datasets", "digits", "--preset", "tiny", "--models", "vdm,w-pcdm", "--budget", "steps"]
+    args += ["--speed-steps", "10", "--minutes", "0.02", "--jobs", "2", "--curve-limit", "20"]
+    args += ["--out-dir", str(tmp_path / "work"), "--results-dir", str(results), "--ckpt-every", "5"]
+    assert ablation.main(args) == 0
+    (ds,) = json.loads((results / "ablation.json").read_text())["datasets"]
+    assert ds["budget"] == "steps"
+    for name, r in ds["models"].items():
+        speed = r["seconds_per_step_alone"]
+        assert speed > 0, name
+        assert r["final_step"] == max(1, round(0.02 * 60 / speed)), name
+        assert r["minutes"] == pytest.approx(r["final_step"] * speed / 60, abs=1e-4)  # rounded to 4 places
+    assert "Budget by steps" in (results / "ablation.md").read_text()

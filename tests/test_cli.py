@@ -50,6 +50,8 @@ def test_train_writes_a_complete_run(run):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [5, 10, 15, 20, 25, 30]
     assert all(np.isfinite(m["loss"]) for m in lines)
+    # γ(0) and γ(1) of the schedule are logged (SPEC §3: where σ₀ goes matters)
+    assert all(m["gamma_0"] < m["gamma_1"] and np.isfinite(m["gamma_0"]) for m in lines)
     grid = sorted((run / "samples").glob("*.png"))
     assert grid and Image.open(grid[-1]).size[0] > 28
 
@@ -117,3 +119,19 @@ def test_unknown_model_exits_nonzero_without_traceback():
         text=True,
     )
     assert res.returncode != 0 and "Traceback" not in res.stderr and "invalid choice" in res.stderr
+
+
+def test_lift_pcdm_end_to_end(tmp_path, capsys):
+    """The fifth model through the command line: train, eval (parts add up), sample."""
+    run = tmp_path / "lift"
+    args = ["train", "--model", "lift-pcdm", "--data", "digits", "--out", str(run), "--steps", "5", *TINY]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--limit", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "lift-pcdm" and out["n_images"] == 32
+    parts = out["bpd_level1"] + out["bpd_level2"]  # each level holds its own decoder
+    assert abs(parts - out["bpd"]) < 1e-4
+    assert set(out["diffusion_bands"]) == {"level1", "level2"}
+    assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "s.png"), "--steps", "3"]) == 0
+    assert Image.open(tmp_path / "s_level1.png").size == (2 * 5 + 1, 2 * 5 + 1)  # 2×2 grid of 4×4 + borders

@@ -175,7 +175,7 @@ def test_folder_roundtrip_names_and_preview(run, test_images, tmp_path):
     assert np.abs(small - block).mean() < 8
 
 
-@pytest.mark.parametrize("name", ["lp-pcdm", "c-vdm", "vdm"])
+@pytest.mark.parametrize("name", ["lp-pcdm", "c-vdm", "vdm", "lift-pcdm"])
 def test_other_maps_roundtrip(name):
     model = PCDM(tiny_config(model=name)).eval()
     images = data.load("fashion-mnist", split="test", limit=6).images

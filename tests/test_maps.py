@@ -200,3 +200,36 @@ def test_paper_shapes():
     assert build_map("haar", 2).level_shapes((3, 32, 32)) == [(3, 16, 16), (9, 16, 16)]
     assert build_map("lp", 2).level_shapes((3, 32, 32)) == [(3, 16, 16), (3, 32, 32)]
     assert build_map("lp", 2).dims((3, 32, 32)) == [768, 2304]
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_integer_lifting_is_a_bijection_with_its_ranges(levels):
+    """lift: integer images ↔ integer levels exactly; level shapes as Haar's; every value
+    inside the declared range, and the extremes of the ranges are reached."""
+    from pcdm.maps import Lifting
+
+    K = 256
+    gen = torch.Generator().manual_seed(levels)
+    x = torch.randint(0, K, (6, 3, 16, 16), generator=gen)
+    x[0] = 0
+    x[1, :, 0::2, :], x[1, :, 1::2, :] = K - 1, 0  # extreme horizontal/vertical differences
+    x[2] = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * (K - 1)).expand(3, 16, 16)
+    m = Lifting(levels)
+    cs = m(x)
+    assert [tuple(c.shape[1:]) for c in cs] == build_map("haar", levels).level_shapes((3, 16, 16))
+    assert all(not c.dtype.is_floating_point for c in cs)
+    assert torch.equal(m.inverse(cs), x)
+    hit_hh = False
+    for k, c in enumerate(cs):
+        for ch, (lo, hi) in enumerate(m.value_range(k, (3, 16, 16), K)):
+            assert lo <= int(c[:, ch].min()) and int(c[:, ch].max()) <= hi
+            hit_hh |= k > 0 and int(c[:, ch].abs().max()) == 2 * (K - 1)
+    assert hit_hh or levels == 1  # the checkerboard reaches HH = ±2(K − 1)
+    # conditioning: the integer image of the octave, which the lifting of x itself gives
+    for k in range(1, levels):
+        octave = x
+        for _ in range(levels - k):
+            octave = Lifting(2)(octave)[0]
+        assert torch.equal(m.condition(cs, k), octave)
+    with pytest.raises(TypeError):
+        m(x.float())

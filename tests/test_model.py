@@ -11,7 +11,17 @@ from pcdm import PCDM, ModelConfig, count_parameters, to_bpd
 from pcdm.schedules import build_schedule
 from pcdm.unet import UNet
 
-MODELS = [("vdm", 1), ("c-vdm", 2), ("lp-pcdm", 2), ("w-pcdm", 2), ("w-pcdm", 3), ("lp-pcdm", 3)]
+MODELS = [
+    ("vdm", 1),
+    ("c-vdm", 2),
+    ("lp-pcdm", 2),
+    ("w-pcdm", 2),
+    ("w-pcdm", 3),
+    ("lp-pcdm", 3),
+    ("lift-pcdm", 2),
+    ("lift-pcdm", 3),
+]
+DISCRETE = ("c-vdm", "lift-pcdm")  # every level has its own decoder
 
 
 def tiny(model="w-pcdm", levels=2, shape=(1, 8, 8), K=17, **kw) -> PCDM:
@@ -39,9 +49,9 @@ def test_bound_terms_add_up(name, levels):
     assert b.dims == 3 * 8 * 8
     torch.testing.assert_close(b.total, b.prior + b.diffusion + b.recon)
     assert (b.prior > 0).all() and (b.diffusion >= 0).all() and (b.recon >= 0).all()
-    # per-level sums: levels hold prior + diffusion (+ the level's decoder for C-VDM)
+    # per-level sums: levels hold prior + diffusion (+ the level's decoder for discrete maps)
     per_level = b.levels.sum(1)
-    if name == "c-vdm":
+    if name in DISCRETE:
         torch.testing.assert_close(per_level, b.total)
     else:
         torch.testing.assert_close(per_level + b.recon, b.total)
@@ -49,9 +59,17 @@ def test_bound_terms_add_up(name, levels):
     torch.testing.assert_close(parts["bpd"], b.total / (3 * 64 * math.log(2)))
     torch.testing.assert_close(parts["bpd"], parts["bpd_prior"] + parts["bpd_diffusion"] + parts["bpd_recon"])
     levels_bpd = sum(parts[f"bpd_level{s + 1}"] for s in range(levels))
-    extra = 0 if name == "c-vdm" else parts["bpd_recon"]
+    extra = 0 if name in DISCRETE else parts["bpd_recon"]
     torch.testing.assert_close(levels_bpd + extra, parts["bpd"])
     torch.testing.assert_close(model(x), to_bpd(b.total, b.dims).mean(), atol=10, rtol=0)
+    # the γ-band diagnostics split each level's diffusion term exactly (one band per draw)
+    from pcdm.evaluate import band_terms
+
+    bands = band_terms(b, b.dims)
+    for s in range(levels):
+        got = sum(v for k, v in bands.items() if k.startswith(f"band:{s + 1}:"))
+        torch.testing.assert_close(got, to_bpd(b.extras["diffusion_levels"][:, s], b.dims))
+    torch.testing.assert_close(b.extras["diffusion_levels"].sum(1), b.diffusion)
 
 
 def test_prior_counts_subspace_dimensions():
@@ -122,7 +140,9 @@ def test_config_errors():
         ModelConfig(image_shape=(2, 8, 8))
 
 
-@pytest.mark.parametrize("name,levels", [("vdm", 1), ("c-vdm", 2), ("lp-pcdm", 3), ("w-pcdm", 3)])
+@pytest.mark.parametrize(
+    "name,levels", [("vdm", 1), ("c-vdm", 2), ("lp-pcdm", 3), ("w-pcdm", 3), ("lift-pcdm", 3)]
+)
 def test_sample(name, levels):
     model = tiny(name, levels, shape=(3, 8, 8), K=17)
     gen = torch.Generator().manual_seed(0)
@@ -203,8 +223,11 @@ def test_monotone_schedule_stays_monotone_after_perturbation():
 def test_paper_cifar10_parameter_count():
     """Appendix B, CIFAR-10: width 128, 32 ResNet blocks, attention; the paper reports 35M
     (base) and 42M (conditional) parameters."""
+    # Lattice features of the detail level (SPEC §4): the 3 conditioning channels at octave 1
+    # get exponents 6..9 and the 12 octave-view channels (one Haar synthesis, space-to-depth)
+    # at octave 0 get 6..8, sin and cos each: 3·4·2 + 12·3·2 = 96 extra input channels.
     base = UNet(channels=3, width=128, depth=32, attention=True)
-    cond = UNet(channels=9, cond_channels=3, width=128, depth=32, attention=True)
+    cond = UNet(channels=9, cond_channels=3, width=128, depth=32, attention=True, extra_channels=96)
     nb, nc = count_parameters(base), count_parameters(cond)
     print(f"CIFAR-10 w-pcdm: base {nb / 1e6:.2f}M, conditional {nc / 1e6:.2f}M")
     assert 10e6 < nb < 100e6 and 10e6 < nc < 100e6
@@ -255,3 +278,48 @@ def test_decoder_window_is_exact(K, gamma_0):
     (g_want,) = torch.autograd.grad(want.sum(), z0)
     torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-12)
     torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("K", [17, 256])
+@pytest.mark.parametrize("gamma_0", [-13.3, -6.0, 1.0])
+def test_level_decoder_window_is_exact(K, gamma_0):
+    """The decoder of a lifting detail level (values in ±(K−1) and ±2(K−1), per channel)
+    equals the full log-softmax over each channel's whole range."""
+    model = tiny("lift-pcdm", 2, K=K).double()
+    g0 = torch.tensor(gamma_0, dtype=torch.float64)
+    alpha_0, sigma_0 = torch.sigmoid(-g0).sqrt(), torch.sigmoid(g0).sqrt()
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randint(0, K, (4, 1, 8, 8), generator=gen)
+    v = model.map(x)[1]  # (4, 3, 4, 4) detail bands
+    c = model.encode_level(1, v)
+    z0 = alpha_0 * c + sigma_0 * torch.randn(c.shape, generator=gen, dtype=torch.float64)
+    z0[0, 2, 0, :2] = torch.tensor([-9.0, 9.0], dtype=torch.float64)  # far outside the range
+    got = model.log_p_x_given_z0(v, z0, g0, k=1)
+    want = torch.zeros(4, dtype=torch.float64)
+    for ch, (lo, hi) in enumerate(model.map.value_range(1, (1, 8, 8), K)):
+        values = 2 * (torch.arange(lo, hi + 1, dtype=torch.float64) - (lo + hi) / 2) / K
+        logits = -0.5 * ((z0[:, ch, ..., None] / alpha_0 - values) / (sigma_0 / alpha_0)) ** 2
+        idx = (v[:, ch] - lo)[..., None]
+        want += (logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, -1)).flatten(1).sum(1)
+    torch.testing.assert_close(got, want, atol=1e-8, rtol=1e-12)
+
+
+def test_lattice_features_read_the_coarse_lattice():
+    """The detail net's extra inputs change by O(1) when the conditioning moves by one step
+    of its lattice (1/K for the Haar LL at octave 1), which raw values (a 1/K change) and the
+    net without features cannot resolve; and they are functions of (z_t, cond) only."""
+    K = 256
+    model = tiny("w-pcdm", 2, shape=(1, 8, 8), K=K, fourier="auto")
+    plain = tiny("w-pcdm", 2, shape=(1, 8, 8), K=K, fourier="auto", lattice_features=False)
+    assert model.nets[1].conv_in.in_channels > plain.nets[1].conv_in.in_channels
+    assert model.nets[0].conv_in.in_channels == plain.nets[0].conv_in.in_channels  # base level: none
+    x = torch.randint(0, K, (2, 1, 8, 8))
+    c = model.map(model.encode(x))
+    feats = model.lattice_features(1, c[1], c[0])
+    assert feats.shape[1] == model.nets[1].extra_channels
+    moved = model.lattice_features(1, c[1], c[0] + 1 / K)
+    assert (moved - feats).abs().max() > 0.5
+    torch.testing.assert_close(model.lattice_features(1, c[1], c[0]), feats)
+    # the octave view at t = 0 with clean inputs is the image itself, block by block
+    view = model.map.view(1, c[1], c[0])
+    torch.testing.assert_close(view, torch.nn.functional.pixel_unshuffle(model.encode(x), 2))

@@ -28,6 +28,8 @@ How the oracle is conditioned exactly as the model is:
     the 4 supports; E[details | …] gives x̂ and ε̂ = (z_t − α_t x̂)/σ_t.
   * C-VDM (cascade) conditions on the clean coarser image, the top-left pixel of each 2×2
     block (maps.Cascade keeps ``f[..., ::2, ::2]``).
+  * lift-pcdm (integer lifting) conditions on the clean integer LL; per 2×2 block the
+    posterior is an enumeration over the K⁴ pixel values of the block.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import pytest
 import torch
 
 from pcdm import PCDM, ModelConfig
+from pcdm.maps import lift_analysis
 
 K, H, W = 4, 4, 4
 D = H * W
@@ -272,6 +275,43 @@ class CascadeOracle:
         return eps.to(z.dtype)
 
 
+class LiftOracle:
+    """lift-pcdm, S = 2: the blocks are independent, so enumerate the K⁴ values (a, b, c, d)
+    of each 2×2 block with their prior π and their integer lifting (LL, [LH, HL, HH]).
+    Level 0: posterior over the block given its noisy LL; level 1: given the clean LL (read
+    from ``cond``) and the noisy detail bands."""
+
+    def __init__(self, model, pi):
+        combos = torch.cartesian_prod(*[torch.arange(K)] * 4)  # (M, 4): a, b, c, d
+        ll, det = lift_analysis(combos.view(-1, 1, 2, 2))
+        self.ll = ll.flatten()
+        self.ll_enc = model.encode_level(0, ll).flatten().to(DT)
+        self.det_enc = model.encode_level(1, det).flatten(1).to(DT)  # (M, 3)
+        logpi = pi.log()  # prior of each block's combos, rows = blocks (p, q) row-major
+        self.logprior = torch.stack(
+            [
+                sum(logpi[2 * p + a, 2 * q + b][combos[:, 2 * a + b]] for a in (0, 1) for b in (0, 1))
+                for p in range(H // 2)
+                for q in range(W // 2)
+            ]
+        )  # (h·w, M)
+
+    def __call__(self, k, z, gamma, cond):
+        alpha, sigma = (v.view(-1, 1, 1) for v in alpha_sigma64(gamma))
+        zd = z.to(DT).flatten(2).transpose(1, 2)  # (N, h·w, channels)
+        if k == 0:
+            logw = self.logprior[None] - (zd - alpha * self.ll_enc) ** 2 / (2 * sigma**2)
+            x_hat = (torch.softmax(logw, -1) * self.ll_enc).sum(-1, keepdim=True)
+        else:
+            ll = torch.round((cond.to(DT).flatten(1) + 1) * K / 2 - 0.5).long()  # (N, h·w)
+            dist = ((zd[..., None, :] - alpha[..., None] * self.det_enc) ** 2).sum(-1)
+            logw = self.logprior[None] - dist / (2 * sigma**2)
+            logw = logw.masked_fill(self.ll[None, None] != ll[..., None], -math.inf)
+            x_hat = torch.einsum("nbm,mc->nbc", torch.softmax(logw, -1), self.det_enc)
+        eps = (zd - alpha * x_hat) / sigma
+        return eps.transpose(1, 2).reshape(z.shape).to(z.dtype)
+
+
 def make_model(name: str, levels: int) -> PCDM:
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -497,3 +537,33 @@ def exact_nll_coarse(pi, x):
     rows = torch.arange(h)[:, None].expand(h, w)
     cols = torch.arange(w)[None, :].expand(h, w)
     return -sub[rows, cols, idx].flatten(1).sum(1)
+
+
+def test_lift_oracle_bound_equals_entropy():
+    """lift-pcdm, S = 2: the integer lifting is a bijection, so with Bayes-optimal
+    denoisers the chain of per-level bounds equals −log P(x), and level 0 alone equals
+    −log P(LL) (the entropy of the coarse integer image)."""
+    model = make_model("lift-pcdm", 2)
+    oracle = LiftOracle(model, PI)
+    totals, _ = run(model, oracle, 32, 1500, seed=31, reference=lambda x: exact_nll(PI, x))
+    check_zero(totals, "lift-pcdm S=2")
+
+    def coarse_nll(x):  # −log P(LL) with P(LL) = Σ over the blocks' combos with that LL
+        ll = model.map(x)[0].flatten(1)  # (N, h·w)
+        log_p = torch.stack(
+            [
+                torch.logsumexp(oracle.logprior.masked_fill(oracle.ll[None] != v, -math.inf), -1)
+                for v in range(K)
+            ],
+            -1,
+        )  # (h·w, K): log P(LL of block = v)
+        return -log_p[torch.arange(ll.shape[1]), ll].sum(1)
+
+    gen = torch.Generator().manual_seed(32)
+    gaps = []
+    with torch.no_grad():
+        for _ in range(32):
+            x = sample_x(PI, 1500, gen)
+            b = model.nelbo(x, denoiser=oracle)
+            gaps.append(((b.levels[:, 0] - coarse_nll(x)) / D).mean())
+    check_zero(torch.stack(gaps), "lift-pcdm S=2 level 0 vs −log P(LL)")

@@ -210,3 +210,26 @@ def test_gpu_check_script_runs_on_cpu():
     rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert [r["model"] for r in rows] == ["vdm", "w-pcdm"]
     assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in rows)
+
+
+def test_weight_decay_spares_the_schedule():
+    """AdamW's decay never touches γ's parameters (it would drag γ(0) up every step), nor
+    biases and norm gains; the networks' weight tensors are decayed."""
+    from pcdm.model import PCDM
+    from pcdm.train import param_groups
+
+    model = PCDM(ModelConfig(model="w-pcdm", levels=2, image_shape=(1, 8, 8), K=17, width=8, depth=1))
+    groups = param_groups(model, 0.5)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.5 and groups[1]["weight_decay"] == 0.0
+    named = dict(model.named_parameters())
+    assert id(named["schedule.b"]) not in decayed and id(named["schedule.w"]) not in decayed
+    assert id(named["nets.0.conv_in.weight"]) in decayed and id(named["nets.0.conv_in.bias"]) not in decayed
+    before = {n: p.detach().clone() for n, p in named.items()}
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradient: only weight decay moves anything
+    assert torch.equal(named["schedule.b"], before["schedule.b"])
+    assert torch.equal(named["nets.1.conv_in.bias"], before["nets.1.conv_in.bias"])
+    assert not torch.equal(named["nets.1.conv_in.weight"], before["nets.1.conv_in.weight"])
