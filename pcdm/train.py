@@ -5,7 +5,11 @@ exactly and W processes compute what one process computes on the same global bat
   * the data order is a pure function of (seed, step): every epoch is a seeded
     permutation, cut into global batches, each rank taking its contiguous slice;
   * the noise of each step (ε₀, ε, t) is drawn for the whole global batch from a
-    generator seeded by (seed, step, micro-step), and each rank keeps its slice.
+    generator seeded by (seed, step, micro-step), and each rank keeps its slice;
+  * dropout draws from the global generator, reseeded before every micro-step from
+    (seed, step, micro-step, rank): masks differ across ranks and never depend on what ran
+    before (in-training sample grids use the EMA weights in eval mode and their own
+    generator, so they draw nothing from it).
 Checkpoints are safetensors + JSON, written atomically; a non-finite loss or gradient
 skips the step (and stops with a clear error after repeated failures).
 """
@@ -77,6 +81,11 @@ def batch_indices(n_data: int, global_batch: int, seed: int, micro: int) -> np.n
 def noise_seed(seed: int, step: int, micro: int) -> int:
     """Seed of the noise of one micro-step: the same on every rank and after a resume."""
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """Seed of the global generator (dropout) for one micro-step of one rank."""
+    return int(np.random.SeedSequence([seed, step, micro, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def ema_with_warmup(decay: float):
@@ -177,8 +186,15 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
+    """A grid of samples in eval mode (no dropout) with its own generator: drawing it leaves
+    the training's random state untouched."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    x, _ = model.sample(n, steps=steps, generator=g)
+    was_training = model.training
+    model.eval()
+    try:
+        x, _ = model.sample(n, steps=steps, generator=g)
+    finally:
+        model.train(was_training)
     save_grid(x, path, K=model.config.K)
 
 
@@ -197,6 +213,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         if ck is None:
             raise RunError(f"{run} has no complete checkpoint to resume from")
         state = json.loads((ck / "state.json").read_text())
+        if state.get("world", world) != world:
+            raise RunError(
+                f"{run} was trained on {state['world']} process(es) and is resumed on {world}: the "
+                f"global batch and data order would change; resume with --nproc_per_node {state['world']}"
+            )
         model.load_state_dict(load_tensors(ck / "model.safetensors"))
         ema.module.load_state_dict(load_tensors(ck / "ema.safetensors"))
         ema.n_averaged.fill_(state["ema_n_averaged"])
@@ -248,6 +269,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             micro = step * cfg.accum + m
             idx = batch_indices(len(images), global_batch, cfg.seed, micro)
             x = images[idx[rank * cfg.batch : (rank + 1) * cfg.batch]].to(device)
+            torch.manual_seed(dropout_seed(cfg.seed, step, m, rank))
             g = torch.Generator().manual_seed(noise_seed(cfg.seed, step, m))
             noise = Noise.draw((global_batch, *x.shape[1:]), len(model.level_shapes), g)
             noise = noise.slice(rank * cfg.batch, (rank + 1) * cfg.batch)
@@ -299,7 +321,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
                 for k, v in last.items():
                     writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.ckpt_every == 0 and dist.is_main():
-            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed}, cfg.keep)
+            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed, "world": world}, cfg.keep)
         if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main():
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
     bar.close()
@@ -309,7 +331,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         log.flush()
     if dist.is_main():
         if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"step_{step:08d}":
-            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed}, cfg.keep)
+            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed, "world": world}, cfg.keep)
         if cfg.sample_steps > 0:
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
         log.close()

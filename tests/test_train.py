@@ -233,3 +233,31 @@ def test_weight_decay_spares_the_schedule():
     assert torch.equal(named["schedule.b"], before["schedule.b"])
     assert torch.equal(named["nets.1.conv_in.bias"], before["nets.1.conv_in.bias"])
     assert not torch.equal(named["nets.1.conv_in.weight"], before["nets.1.conv_in.weight"])
+
+
+def test_resume_is_exact_with_dropout_and_sample_grids(tmp_path):
+    """Dropout draws from the global generator and in-training sample grids run in between:
+    6 steps straight and 3 + --resume to 6 still give identical weights."""
+    opts = [*COMMON, "--dropout", "0.1", "--sample-every", "3", "--sample-steps", "2", "--ckpt-every", "3"]
+    assert main(["train", "--model", "w-pcdm", "--out", str(tmp_path / "a"), "--steps", "6", *opts]) == 0
+    assert main(["train", "--model", "w-pcdm", "--out", str(tmp_path / "b"), "--steps", "3", *opts]) == 0
+    assert main(["train", "--resume", str(tmp_path / "b"), "--steps", "6"]) == 0
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["loss"] for m in metrics(tmp_path / "a")] == [m["loss"] for m in metrics(tmp_path / "b")]
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", "--model", "w-pcdm", "--out", str(run), "--steps", "2", *COMMON]) == 0
+    ck = sorted((run / "ckpt").glob("step_*"))[-1] / "state.json"
+    state = json.loads(ck.read_text())
+    assert state["world"] == 1
+    ck.write_text(json.dumps(dict(state, world=4)))
+    with pytest.raises(RunError, match="4 process"):
+        train(
+            ModelConfig.from_dict(json.loads((run / "config.json").read_text())["model"]),
+            TrainConfig(**json.loads((run / "config.json").read_text())["train"]),
+            run,
+            resume=True,
+        )
