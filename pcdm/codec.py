@@ -142,7 +142,7 @@ class Grid:
 
 def make_grid(model: PCDM, T: int) -> Grid:
     with torch.no_grad():
-        g = [float(model.schedule(torch.tensor(i / T))) for i in range(T + 1)]
+        g = [float(model.schedule(torch.tensor(i / T, dtype=model.dtype))) for i in range(T + 1)]
     gam = np.array(g, dtype=np.float64)
     if not np.all(np.isfinite(gam)) or np.any(np.diff(gam) <= 0):
         raise CodecError("the model's γ schedule is not strictly increasing on the T-step grid")
@@ -355,10 +355,10 @@ class _Levels:
     def from_coords(self, k: int, u: np.ndarray) -> torch.Tensor:
         b = u.shape[0]
         c, h, w = self.shapes[k]
-        t = torch.from_numpy(np.ascontiguousarray(u)).float()
+        t = torch.from_numpy(np.ascontiguousarray(u)).to(self.model.dtype)
         if self.lp and k > 0:
             d = t.reshape(b, 3 * c, h // 2, w // 2)
-            return haar_synthesis(torch.zeros(b, c, h // 2, w // 2), d)
+            return haar_synthesis(torch.zeros(b, c, h // 2, w // 2, dtype=t.dtype), d)
         return t.reshape(b, c, h, w)
 
 
@@ -392,7 +392,8 @@ class _Batch:
     def _mean_p(self, k, j_i, i, cond) -> np.ndarray:
         g, T = self.grid, self.grid.T
         z = self.L.from_coords(k, j_i * g.delta[i])
-        t, s = torch.tensor(i / T), torch.tensor((i - 1) / T)
+        dtype = self.model.dtype
+        t, s = torch.tensor(i / T, dtype=dtype), torch.tensor((i - 1) / T, dtype=dtype)
         mean, _ = self.model.reverse_step(k, z, t, s, cond)
         return self.L.to_coords(k, mean)
 

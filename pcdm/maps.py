@@ -244,9 +244,11 @@ class LaplacianPyramid(HierarchicalMap):
         return [ys[0]] + [self.project(k, ys[k]) for k in range(1, self.levels)]
 
     def inverse(self, cs):
+        # y ← Dᵀ y + (I − P) c: the adjoint Aᵀ, which is the inverse on the range of A (the
+        # projection is a no-op on levels that already live in their subspaces).
         y = cs[0]
-        for c in cs[1:]:
-            y = up(y) + c
+        for k, c in enumerate(cs[1:], 1):
+            y = up(y) + self.project(k, c)
         return y
 
     def project(self, k, v):

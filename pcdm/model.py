@@ -442,13 +442,13 @@ class PCDM(nn.Module):
 
     def decode_pixels(self, z0: Tensor) -> Tensor:
         """argmax of p(x | z₀): the nearest pixel value to z₀/α₀."""
-        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device)))
+        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device, dtype=z0.dtype)))
         K = self.config.K
         return torch.clamp(torch.round((z0 / alpha_0 + 1) * K / 2 - 0.5), 0, K - 1).to(torch.uint8)
 
     def decode_level(self, k: int, z0: Tensor) -> Tensor:
         """argmax of a discrete level's decoder: the nearest value of its range, int64."""
-        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device)))
+        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device, dtype=z0.dtype)))
         lo, hi = self.value_range(k)
         v = torch.round(z0 / alpha_0 * self.config.K / 2 + (lo + hi).to(z0.dtype) / 2)
         return torch.minimum(torch.maximum(v, lo.to(v.dtype)), hi.to(v.dtype)).long()
@@ -466,12 +466,14 @@ class PCDM(nn.Module):
                 cond = self.discrete_condition(xs, k)
             else:
                 cond = self.map.condition(zs, k)
-            z = self.map.project(k, torch.randn((n, *shape), device=device, generator=generator))
+            z = torch.randn((n, *shape), device=device, generator=generator, dtype=self.dtype)
+            z = self.map.project(k, z)
             for i in range(steps, 0, -1):
-                t = torch.tensor(i / steps, device=device)
-                s = torch.tensor((i - 1) / steps, device=device)
+                t = torch.tensor(i / steps, device=device, dtype=self.dtype)
+                s = torch.tensor((i - 1) / steps, device=device, dtype=self.dtype)
                 mean, std = self.reverse_step(k, z, t, s, cond)
-                noise = self.map.project(k, torch.randn(z.shape, device=device, generator=generator))
+                noise = torch.randn(z.shape, device=device, generator=generator, dtype=z.dtype)
+                noise = self.map.project(k, noise)
                 z = mean + std * noise
                 if progress is not None:
                     progress.update(1)

@@ -19,11 +19,12 @@ def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
 class Schedule(nn.Module):
     def gamma_and_slope(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """γ(t) and γ'(t); the generic version differentiates through the module."""
+        outer = torch.is_grad_enabled()  # a double-backward graph only when training
         with torch.enable_grad():
             t = t.detach().requires_grad_(True)
             g = self(t)
-            (slope,) = torch.autograd.grad(g.sum(), t, create_graph=torch.is_grad_enabled())
-        return g, slope
+            (slope,) = torch.autograd.grad(g.sum(), t, create_graph=outer)
+        return (g, slope) if outer else (g.detach(), slope.detach())
 
 
 class FixedLinear(Schedule):

@@ -172,8 +172,10 @@ def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: in
     os.replace(run / ".model.tmp", run / "model.safetensors")
     shutil.copyfile(final / "ema.safetensors", run / ".ema.tmp")
     os.replace(run / ".ema.tmp", run / "ema.safetensors")
-    for old in sorted(ckdir.glob("step_*"))[:-keep]:
+    for old in sorted(ckdir.glob("step_*"))[: -max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in ckdir.glob(".tmp_step_*"):  # left by a crash mid-checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -212,17 +214,29 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         ck = latest_checkpoint(run)
         if ck is None:
             raise RunError(f"{run} has no complete checkpoint to resume from")
-        state = json.loads((ck / "state.json").read_text())
+        try:
+            state = json.loads((ck / "state.json").read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as err:
+            raise RunError(f"{ck / 'state.json'} is not a valid checkpoint state ({err})") from None
         if state.get("world", world) != world:
             raise RunError(
                 f"{run} was trained on {state['world']} process(es) and is resumed on {world}: the "
                 f"global batch and data order would change; resume with --nproc_per_node {state['world']}"
             )
-        model.load_state_dict(load_tensors(ck / "model.safetensors"))
-        ema.module.load_state_dict(load_tensors(ck / "ema.safetensors"))
-        ema.n_averaged.fill_(state["ema_n_averaged"])
-        load_optimizer(opt, load_tensors(ck / "optim.safetensors"), state["optimizer"])
-        torch.set_rng_state(load_tensors(ck / "rng.safetensors")["torch_cpu"])
+        try:
+            model.load_state_dict(load_tensors(ck / "model.safetensors"))
+            ema.module.load_state_dict(load_tensors(ck / "ema.safetensors"))
+            ema.n_averaged.fill_(state["ema_n_averaged"])
+            load_optimizer(opt, load_tensors(ck / "optim.safetensors"), state["optimizer"])
+            rng = load_tensors(ck / "rng.safetensors")
+        except (KeyError, TypeError, RuntimeError) as err:  # weights or state from another config
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunError(f"{ck} does not match {run / 'config.json'}: {first}") from None
+        torch.set_rng_state(rng["torch_cpu"])
+        if "torch_cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["torch_cuda"])
         step = state["step"]
         if dist.is_main():
             _truncate_metrics(run / "metrics.jsonl", step)
@@ -351,10 +365,18 @@ def _loss(ddp, x, noise):
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we restart from."""
+    """On resume, drop log lines written after the checkpoint we restart from, and a last
+    line torn by a crash mid-write."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    lines = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            continue  # torn by a crash
+        if isinstance(row, dict) and row.get("step", step + 1) <= step:
+            lines.append(ln)
     write_json_lines(path, lines)
 
 
@@ -447,6 +469,8 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
         if v is not None and v is not False:
             t[f.name] = v
     tcfg = TrainConfig(**t)
+    if tcfg.keep < 1:
+        raise ValueError(f"--keep must be ≥ 1 (the newest checkpoint is always kept), got {tcfg.keep}")
     if tcfg.steps is None and tcfg.minutes is None:
         raise ValueError("say how long to train: --steps N or --minutes M")
     data = load(tcfg.data, "train", limit=1)
@@ -457,8 +481,11 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
 def run_train(args) -> int:
     if args.resume is not None:
         saved = read_config(args.resume)
-        mcfg = ModelConfig.from_dict(saved["model"])
-        tcfg = TrainConfig(**saved["train"])
+        try:
+            mcfg = ModelConfig.from_dict(saved["model"])
+            tcfg = TrainConfig(**saved["train"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise RunError(f"{args.resume / 'config.json'} is not a valid run config ({err})") from None
         for key in ("steps", "minutes"):  # a resumed run may be given a new stopping point
             if getattr(args, key) is not None:
                 setattr(tcfg, key, getattr(args, key))

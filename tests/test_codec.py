@@ -175,9 +175,11 @@ def test_folder_roundtrip_names_and_preview(run, test_images, tmp_path):
     assert np.abs(small - block).mean() < 8
 
 
-@pytest.mark.parametrize("name", ["lp-pcdm", "c-vdm", "vdm", "lift-pcdm"])
+@pytest.mark.parametrize("name", ["lp-pcdm", "c-vdm", "vdm", "lift-pcdm", "lp-pcdm-float64"])
 def test_other_maps_roundtrip(name):
-    model = PCDM(tiny_config(model=name)).eval()
+    double = name.endswith("-float64")
+    model = PCDM(tiny_config(model=name.removesuffix("-float64"))).eval()
+    model = model.double() if double else model
     images = data.load("fashion-mnist", split="test", limit=6).images
     enc = codec.encode_images(model, images, steps=2, lanes=4)
     back, _ = codec.decode_stream(model, enc.words, 6, 2, 4, enc.n_init, enc.kmin)

@@ -233,3 +233,15 @@ def test_integer_lifting_is_a_bijection_with_its_ranges(levels):
         assert torch.equal(m.condition(cs, k), octave)
     with pytest.raises(TypeError):
         m(x.float())
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_lp_inverse_is_the_adjoint(levels):
+    """⟨A f, c⟩ = ⟨f, Aᵀ c⟩ for any levels c, also ones outside the detail subspaces."""
+    m = build_map("lp", levels)
+    gen = torch.Generator().manual_seed(levels)
+    f = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    cs = [torch.randn(2, *s, generator=gen, dtype=torch.float64) for s in m.level_shapes((3, 8, 8))]
+    lhs = sum((a * c).sum() for a, c in zip(m(f), cs))
+    torch.testing.assert_close(lhs, (f * m.inverse(cs)).sum())
+    torch.testing.assert_close(m.inverse(m(f)), f)

@@ -323,3 +323,16 @@ def test_lattice_features_read_the_coarse_lattice():
     # the octave view at t = 0 with clean inputs is the image itself, block by block
     view = model.map.view(1, c[1], c[0])
     torch.testing.assert_close(view, torch.nn.functional.pixel_unshuffle(model.encode(x), 2))
+
+
+def test_double_model_samples_and_schedule_graph():
+    """A float64 model samples in float64; the monotone schedule's slope builds no graph
+    under no_grad (it would be a double-backward graph)."""
+    model = tiny("w-pcdm", 2, shape=(1, 8, 8), K=17, schedule="monotone").double()
+    x, _ = model.sample(2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 8, 8)
+    with torch.no_grad():
+        g, slope = model.schedule.gamma_and_slope(torch.rand(4, dtype=torch.float64))
+    assert not g.requires_grad and not slope.requires_grad
+    g, slope = model.schedule.gamma_and_slope(torch.rand(4, dtype=torch.float64))
+    assert slope.requires_grad  # training: the slope is differentiable in the parameters

@@ -261,3 +261,39 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
             run,
             resume=True,
         )
+
+
+def test_resume_survives_a_torn_log_and_bad_state_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--model", "w-pcdm", "--out", str(run), "--steps", "2", *COMMON]) == 0
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "lo')  # a crash mid-write
+    assert main(["train", "--resume", str(run), "--steps", "3"]) == 0
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    (run / "ckpt" / ".tmp_step_00000009_1").mkdir()  # left by a crash mid-checkpoint
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    assert not list((run / "ckpt").glob(".tmp_step_*"))
+    capsys.readouterr()
+    state = sorted((run / "ckpt").glob("step_*"))[-1] / "state.json"
+    state.write_text("[]")
+    assert main(["train", "--resume", str(run), "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a valid checkpoint state" in err
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "w-pcdm",
+                "--out",
+                str(tmp_path / "k"),
+                "--steps",
+                "2",
+                "--keep",
+                "0",
+                *COMMON,
+            ]
+        )
+        == 2
+    )
+    assert "--keep must be ≥ 1" in capsys.readouterr().err
