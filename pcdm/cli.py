@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (UserError, DataError, RunError, ValueError, FileNotFoundError) as err:
+    except (UserError, DataError, RunError, ValueError, OSError) as err:  # OSError: paths, permissions
         print(f"pcdm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"pcdm {args.command}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pcdm {args.command}: interrupted", file=sys.stderr)

@@ -80,6 +80,7 @@ import contextlib
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -91,7 +92,7 @@ from .maps import haar_analysis, haar_synthesis
 from .model import PCDM
 
 MAGIC = b"PCDM"
-VERSION = 1
+VERSION = 2  # 2: counter-based reservoir words (version 1 generated them sequentially)
 KIND_NPY, KIND_FOLDER = 0, 1
 GRID_BITS = 4  # bin width = 2^-4 × the smallest std a variable is coded with (floor to 2^k)
 MEAN_QUANT = 2.0**-12  # mean offsets rounded to this fraction of a bin
@@ -326,9 +327,17 @@ class _Guard:
             raise CodecError("corrupt stream: it ran out of data before the end")
 
 
-def reservoir(n: int) -> np.ndarray:
-    words = np.random.default_rng(RESERVOIR_SEED).integers(0, 2**32, n, dtype=np.uint32)
-    words[-1] |= 1  # ANS data never ends in a zero word
+def reservoir(n: int, start: int = 0) -> np.ndarray:
+    """Words start … n−1 of the deterministic initial reservoir of n words. Word i is a
+    fixed hash of (seed, i) (SplitMix64's finaliser), so the decoder builds the top part it
+    checks without generating the pruned bottom: O(n − start) time and memory."""
+    i = np.arange(start, n, dtype=np.uint64) + np.uint64(RESERVOIR_SEED)
+    z = i * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    words = (z ^ (z >> np.uint64(31))).astype(np.uint32)
+    if len(words):
+        words[-1] |= 1  # ANS data never ends in a zero word
     return words
 
 
@@ -418,6 +427,10 @@ class _Batch:
     def chain_decode(self, k, b, cond):
         g, c, T = self.grid, self.coder, self.grid.T
         shape = (b, self.L.n(k))
+        # Every latent is popped with a std of ≥ 2^GRID_BITS bins, so it costs ≥ GRID_BITS
+        # bits: a stack that cannot pay for the first pop is refused before allocating it.
+        if c.num_bits() < GRID_BITS * b * shape[1]:
+            raise CodecError("corrupt stream: it ran out of data before the end")
         j_i = pop_p(c, np.zeros(b * shape[1]), 1.0, g.delta[T], self.guard).reshape(shape)
         for i in range(T, 0, -1):
             mean = self._mean_p(k, j_i, i, cond)
@@ -546,20 +559,54 @@ RAMP = 4
 FLAG_RAMP = 1
 
 
-def batch_layout(n: int, lanes: int, ramp: bool = False) -> list[tuple[int, int]]:
+class BatchLayout(Sequence):
     """The (start, stop) image ranges coded as one batch each, in coding order.
 
     Without the ramp every batch has ``lanes`` images, so every lane's first z₀ pop draws on
     the initial bits (≈ one z₀ pop per lane). With the ramp the batches grow from one lane
     as the stream grows: a batch of b lanes waits until ≥ RAMP·b images have been coded, so
     its pops are paid mostly from the bits already pushed (RAMP ≈ bits of a z₀ pop over the
-    net bits of an image) and the initial bits stay near one lane's worth."""
-    out, start = [], 0
-    while start < n:
-        size = min(lanes, max(1, start // RAMP)) if ramp else lanes
-        out.append((start, min(n, start + size)))
-        start += size
-    return out
+    net bits of an image) and the initial bits stay near one lane's worth.
+
+    Only the ramp (O(RAMP · log lanes) batches) is stored; the full-width batches after it
+    are computed, so a header claiming millions of images costs no memory before the
+    payload has shown it holds them."""
+
+    def __init__(self, n: int, lanes: int, ramp: bool = False):
+        self.n, self.lanes = n, lanes
+        self.head, start = [], 0
+        while ramp and start < n:
+            size = min(lanes, max(1, start // RAMP))
+            if size == lanes:
+                break
+            self.head.append((start, min(n, start + size)))
+            start += size
+        self.tail_start = min(start, n)
+        self.n_tail = -(-(n - self.tail_start) // lanes)
+
+    def __len__(self) -> int:
+        return len(self.head) + self.n_tail
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = i + len(self) if i < 0 else i
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < len(self.head):
+            return self.head[i]
+        start = self.tail_start + (i - len(self.head)) * self.lanes
+        return start, min(self.n, start + self.lanes)
+
+
+def batch_layout(n: int, lanes: int, ramp: bool = False) -> BatchLayout:
+    """See :class:`BatchLayout`."""
+    return BatchLayout(n, lanes, ramp)
 
 
 def _estimate_reservoir(model: PCDM, grid: Grid, lanes: int) -> int:
@@ -632,7 +679,8 @@ def decode_stream(
         guard = _Guard(encoder=False)
         bar = _tqdm(len(batches) * S * steps, "decompress", progress)
         try:
-            for bi, (start, stop) in reversed(list(enumerate(batches))):
+            for bi in reversed(range(len(batches))):
+                start, stop = batches[bi]
                 stop_level = preview_level if (preview_level is not None and bi == 0) else None
                 x, previews = _Batch(model, grid, coder, guard, bar, bi).decode(stop - start, stop_level)
                 # Collected per batch (no allocation from the header's image count).
@@ -649,7 +697,7 @@ def decode_stream(
             return None, preview
     images = np.concatenate([parts[i] for i in range(len(batches))])
     rest = coder.get_compressed()
-    if not np.array_equal(rest, reservoir(n_init)[kmin:]):
+    if not np.array_equal(rest, reservoir(n_init, kmin)):
         raise CodecError("corrupt stream: it does not end in the expected initial bits")
     return images, preview
 
@@ -741,7 +789,9 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
         raise CodecError(f"corrupt .pcdm header: T={T}, B={B}, N={N} out of range")
     if C not in (1, 3) or not (1 <= H <= MAX_SIDE and 1 <= W <= MAX_SIDE) or not 2 <= K <= 256:
         raise CodecError(f"corrupt .pcdm header: image shape {C}×{H}×{W}, K={K} invalid")
-    if not (2 <= n_init < 2**31 and kmin <= n_init - 2):
+    if not (2 <= n_init < 2**31 and kmin <= n_init - 2 and n_init - kmin <= n_words):
+        # The decoder ends with the reservoir words kmin … n_init − 1 on its stack, which a
+        # valid payload (net code length > 0) holds: checked before any of them is built.
         raise CodecError("corrupt .pcdm header: invalid initial-bits record")
     if HEADER_SIZE + meta_len + 4 * n_words != len(data):
         raise CodecError(

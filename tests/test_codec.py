@@ -271,11 +271,11 @@ def test_cli_corrupt_file_exit_code_and_no_output(run, small_file, tmp_path):
 
 
 def test_header_round_trip_and_bounds():
-    h = codec.Header(codec.KIND_FOLDER, b"\1" * 32, 5, 2, 2, 1, 4, 4, 256, 10, 3, 77)
+    h = codec.Header(codec.KIND_FOLDER, b"\1" * 32, 5, 2, 2, 1, 4, 4, 256, 10, 7, 77)
     h.names = ["x.png", "d/y.png"]
     blob = codec.pack(h, np.array([5, 6, 7], dtype=np.uint32))
     h2, words = codec.unpack(blob)
-    assert h2.names == h.names and (h2.T, h2.B, h2.N, h2.kmin) == (5, 2, 2, 3)
+    assert h2.names == h.names and (h2.T, h2.B, h2.N, h2.kmin) == (5, 2, 2, 7)
     assert words.tolist() == [5, 6, 7]
     for bad in ["../x.png", "/etc/x", "a//b.png", "a/./b.png"]:
         with pytest.raises(codec.CodecError):
@@ -283,7 +283,7 @@ def test_header_round_trip_and_bounds():
 
 
 def test_header_flags():
-    h = codec.Header(codec.KIND_NPY, b"\2" * 32, 5, 2, 2, 1, 4, 4, 256, 10, 3, 77, ramp=True)
+    h = codec.Header(codec.KIND_NPY, b"\2" * 32, 5, 2, 2, 1, 4, 4, 256, 10, 7, 77, ramp=True)
     h.shape, h.dtype = (2, 4, 4), "|u1"
     blob = codec.pack(h, np.array([5, 6, 7], dtype=np.uint32))
     assert codec.unpack(blob)[0].ramp is True
@@ -295,6 +295,30 @@ def test_header_flags():
     struct.pack_into("<I", b, 92, zlib.crc32(bytes(b[96 : 96 + meta_len]), zlib.crc32(bytes(b[:92]))))
     with pytest.raises(codec.CodecError, match="unknown flags"):
         codec.unpack(bytes(b))
+
+
+def test_forged_sizes_fail_fast_without_allocating():
+    """A forged header cannot make the decoder allocate more than the payload can hold: a
+    reservoir record larger than the payload is refused at unpacking, a batch layout for a
+    huge image count is computed, not stored, and a chain that cannot be paid for by the
+    stack is refused before its first pop."""
+    h = codec.Header(codec.KIND_NPY, b"\3" * 32, 1, 8192, 8192, 1, 28, 28, 256, 2**31 - 1, 0, 77)
+    h.shape, h.dtype = (8192, 28, 28), "|u1"
+    with pytest.raises(codec.CodecError, match="initial-bits"):
+        codec.unpack(codec.pack(h, np.arange(1, 300, dtype=np.uint32)))
+    layout = codec.batch_layout(codec.MAX_IMAGES, 3, ramp=True)
+    assert len(layout) == len(layout.head) + -(-(codec.MAX_IMAGES - layout.tail_start) // 3)
+    assert len(layout.head) < 100 and layout[-1][1] == codec.MAX_IMAGES
+    assert layout[len(layout.head)] == (layout.tail_start, layout.tail_start + 3)
+    model = PCDM(tiny_config()).eval()
+    with time_limit(10):
+        with pytest.raises(codec.CodecError, match="ran out of data"):
+            codec.decode_stream(model, np.arange(1, 300, dtype=np.uint32), 8192, 1, 8192, 300, 2)
+    # the reservoir's top part is built without its bottom, and equals the full one's
+    torch.testing.assert_close(
+        torch.from_numpy(codec.reservoir(1000, 990).astype(np.int64)),
+        torch.from_numpy(codec.reservoir(1000)[990:].astype(np.int64)),
+    )
 
 
 @pytest.mark.parametrize("n,lanes", [(1, 1), (7, 64), (1000, 64), (300, 250), (50, 3)])
