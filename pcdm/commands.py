@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_run
+from .checkpoint import atomic_write, load_run
 from .data import ImageSet, load
 from .evaluate import per_image_bpd, summarize
 
@@ -33,9 +33,7 @@ def save_grid(x: torch.Tensor, path: Path, nrow: int | None = None, min_tile: in
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
 
 
 def check_matches(model, data: ImageSet) -> None:

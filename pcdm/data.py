@@ -23,8 +23,10 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import struct
 import tarfile
+import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -585,15 +587,24 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                         f"{archive}: unexpected entry {m.name!r}; refusing to extract, "
                         "re-download cifar-10-python.tar.gz"
                     )
-            for m in members:
-                target = dest.joinpath(*Path(m.name).parts)
-                if m.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(m)
-                assert source is not None
-                target.write_bytes(source.read())
+            # Into a temporary folder renamed into place at the end: a crash mid-extraction
+            # leaves no truncated batch that would pass for a complete one later.
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
+            try:
+                for m in members:
+                    target = tmp.joinpath(*Path(m.name).parts)
+                    if m.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(m)
+                    assert source is not None
+                    target.write_bytes(source.read())
+                shutil.rmtree(dest / _CIFAR_DIR, ignore_errors=True)  # an incomplete earlier one
+                os.replace(tmp / _CIFAR_DIR, dest / _CIFAR_DIR)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{archive}: cannot extract ({err}); re-download it") from None
 

@@ -298,6 +298,32 @@ def test_cifar_tar_gz(tmp_path):
     assert (dest / "cifar-10-batches-py" / "test_batch").is_file()
 
 
+def test_cifar_extraction_is_all_or_nothing(tmp_path, monkeypatch):
+    """An extraction that breaks mid-way (disk full, kill) leaves no half-extracted folder
+    that would later pass for a complete one; the next try extracts normally."""
+    folder, train, test = _cifar_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with tarfile.open(dest / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    real, calls = tarfile.TarFile.extractfile, []
+
+    def breaks_on_third_file(self, member):
+        calls.append(member)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        return real(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", breaks_on_third_file)
+    with pytest.raises(DataError, match="No space left"):
+        load(f"cifar10:{dest}", "test")
+    assert len(calls) == 3  # two files were written before the failure ...
+    assert not (dest / "cifar-10-batches-py").exists()  # ... but none is visible
+    assert [p.name for p in dest.iterdir()] == ["cifar-10-python.tar.gz"]  # no temporary left
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", real)
+    np.testing.assert_array_equal(load(f"cifar10:{dest}", "test").images, test)
+
+
 def test_cifar_tar_path_traversal(tmp_path):
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         info = tarfile.TarInfo("cifar-10-batches-py/../../evil")
