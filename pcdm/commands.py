@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import atomic_write, load_run
-from .data import ImageSet, load
+from .data import ImageSet, has_own_splits, load, resolve_spec
 from .evaluate import per_image_bpd, summarize
 
 
@@ -52,7 +52,7 @@ def check_matches(model, data: ImageSet) -> None:
 def evaluate_run(
     run,
     data_spec=None,
-    split="test",
+    split=None,
     limit=None,
     n_t=1,
     steps=None,
@@ -61,12 +61,26 @@ def evaluate_run(
     progress=True,
     device="cpu",
 ) -> dict:
+    """The bound of a run on data. Default split: the run's own data → its held-out test
+    split; a named dataset → its test split; any other folder or array → all of it."""
     model, cfg = load_run(run, ema=ema, device=device)
-    data = load(data_spec or cfg["data"]["spec"], split, limit=limit)
+    own = cfg["data"]["spec"]
+    spec = data_spec or own
+    if split is None:
+        if data_spec is None or resolve_spec(data_spec) == resolve_spec(own):
+            split, why = "test", "held-out part of the run's training data"
+        elif has_own_splits(spec):
+            split, why = "test", "the dataset's test split"
+        else:
+            split, why = "all", "not the run's training data: every image"
+    else:
+        why = "--split"
+    data = load(spec, split, limit=limit)
     check_matches(model, data)
     per_image = per_image_bpd(model, data.images, n_t=n_t, steps=steps, batch_size=batch, progress=progress)
     out = summarize(per_image)
-    out.update(dims=model.dims, data=data.name, n_t=n_t, steps=steps, model=model.config.model)
+    out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
+    out.update(model=model.config.model)
     return out
 
 
@@ -86,8 +100,12 @@ def run_eval(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['model']} on {out['data']}: {out['n_images']} images, d = {out['dims']}")
-        print(f"  bound  {out['bpd']:.4f} ± {out['bpd_se']:.4f} bpd")
+        print(
+            f"{out['model']} on {out['data']}: {out['n_images']} images ({out['split_reason']}), "
+            f"d = {out['dims']}"
+        )
+        bound = f"{out['bpd']:.4f} ± {out['bpd_se']:.4f} bpd"
+        print(f"  bound  {bound} (an upper bound on −log2 P(x)/d; lower is better)")
         for key in sorted(k for k in out if k.startswith("bpd_") and k != "bpd_se"):
             print(f"  {key[4:]:<10} {out[key]:.4f}")
         for level, bands in out.get("diffusion_bands", {}).items():
@@ -165,7 +183,12 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="test bpd of a trained run, with its parts and a standard error")
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("--data", help="DATA (default: the run's training data)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        help="default: the held-out test part of the run's own data or of a named dataset; "
+        "all images of any other folder or array",
+    )
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--n-t", type=int, default=1, help="average K Monte-Carlo time samples per image")
     p.add_argument("--steps", type=int, help="discrete-time bound with T steps (default: continuous time)")

@@ -173,6 +173,21 @@ def _standard_split(
 # Public entry point.
 
 
+def resolve_spec(spec: str) -> str:
+    """A DATA spec that means the same from any working directory: folders and array files
+    as absolute paths, dataset names (and name:root with root made absolute) as given."""
+    spec = str(spec)
+    name, sep, root = spec.partition(":")
+    if name in DATASETS:
+        return f"{name}:{Path(root).expanduser().resolve()}" if sep and root else spec
+    return str(Path(spec).expanduser().resolve())
+
+
+def has_own_splits(spec: str) -> bool:
+    """Named datasets come with train/test splits; folders and arrays are split 90/10."""
+    return str(spec).partition(":")[0] in DATASETS
+
+
 def load(spec: str, split: str = "train", limit: int | None = None, download: bool = True) -> ImageSet:
     """Load ``split`` (``train``/``test``/``all``) of ``spec``, first ``limit`` images."""
     _check_split(split)
@@ -330,6 +345,11 @@ def read_image_folder(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     names = [f.relative_to(root).as_posix() for f in files]
     arrays = [_image_array(f) for f in files]
     for name, array in zip(names[1:], arrays[1:]):
+        if array.shape[:2] == arrays[0].shape[:2] and array.shape != arrays[0].shape:
+            raise DataError(
+                f"{root}: images differ in channels: {names[0]} is {_hwc(arrays[0])} but "
+                f"{name} is {_hwc(array)}; convert them all to grayscale or all to RGB first"
+            )
         if array.shape != arrays[0].shape:
             raise DataError(
                 f"{root}: images differ in size: {names[0]} is {_hwc(arrays[0])} but "

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .checkpoint import RunError, atomic_write, load_tensors, read_config, save_tensors, write_json
 from .commands import save_grid
-from .data import load
+from .data import load, resolve_spec
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
 from .presets import MODELS, get_preset
 
@@ -469,6 +469,7 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
         if v is not None and v is not False:
             t[f.name] = v
     tcfg = TrainConfig(**t)
+    tcfg.data = resolve_spec(tcfg.data)  # the run evaluates from any working directory
     if tcfg.keep < 1:
         raise ValueError(f"--keep must be ≥ 1 (the newest checkpoint is always kept), got {tcfg.keep}")
     if tcfg.steps is None and tcfg.minutes is None:

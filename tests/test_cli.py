@@ -135,3 +135,40 @@ def test_lift_pcdm_end_to_end(tmp_path, capsys):
     assert set(out["diffusion_bands"]) == {"level1", "level2"}
     assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "s.png"), "--steps", "3"]) == 0
     assert Image.open(tmp_path / "s_level1.png").size == (2 * 5 + 1, 2 * 5 + 1)  # 2×2 grid of 4×4 + borders
+
+
+def test_folder_eval_is_whole_and_runs_survive_another_cwd(tmp_path, monkeypatch, capsys):
+    """Data that is not the run's own is evaluated whole by default; a run trained with a
+    relative --data path evaluates from another working directory; a grayscale image among
+    RGB ones is named as a channel mismatch."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 7)):
+        (tmp_path / "imgs" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / split / f"{i}.png"
+            )
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--model", "w-pcdm", "--data", "imgs/train", "--out", str(run), "--steps", "2", *TINY])
+        == 0
+    )
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["data"] == str(tmp_path / "imgs" / "train")  # stored resolved
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0  # its own data: the held-out 10 %
+    own = json.loads(capsys.readouterr().out)
+    assert own["split"] == "test" and own["n_images"] == 24 - int(24 * 0.9)
+    assert main(["eval", str(run), "--data", str(tmp_path / "imgs" / "test"), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["n_images"] == 7 and whole["split"] == "all"
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+        tmp_path / "imgs" / "test" / "gray.png"
+    )
+    assert main(["eval", str(run), "--data", str(tmp_path / "imgs" / "test")]) == 2
+    err = capsys.readouterr().err
+    assert "differ in channels" in err and "gray.png" in err and len(err.strip().splitlines()) == 1
