@@ -337,6 +337,9 @@ def run_ood(
     ema: bool = True,
     progress: bool = False,
     log: Callable[[str], None] = lambda s: None,
+    split: str = "test",
+    min_images: int = 20,
+    force: bool = False,
 ) -> OODResult:
     """Score the in-distribution test images, Ĥ and every OOD set; AUROC per set."""
     from .data import load
@@ -356,7 +359,7 @@ def run_ood(
     K = model.config.K
     shape_hwc = (h, w, c)
 
-    test = load(in_spec, "test")
+    test = load(in_spec, split)
     if test.images.shape[1:] != shape_hwc or test.K != K:
         _, h0, w0, c0 = test.images.shape
         raise ValueError(
@@ -365,11 +368,26 @@ def run_ood(
         )
     m, h_start = split_test(len(test), limit, entropy_count)
     negatives, held_out = test.images[:m], test.images[h_start:]
+    if m < min_images and not force:
+        raise ValueError(
+            f"only {m} in-distribution {split} images are left as negatives (need ≥ {min_images} "
+            f"for an AUROC worth reporting); give more data, or --force to report it anyway"
+        )
+    if len(held_out) < entropy_count:
+        log(
+            f"--entropy-count {entropy_count} capped at {len(held_out)}: Ĥ uses at most half of the "
+            f"{len(test)} in-distribution {split} images (and --limit), the rest are the negatives"
+        )
 
     # Every OOD set is loaded (and adapted) before any scoring, so bad DATA fails fast.
     ood_sets: dict[str, tuple[np.ndarray, list[str]]] = {}
     for spec in ood_specs:
         images, name, notes = load_ood_set(spec, m, shape_hwc, K, seed)
+        if len(images) < min_images and not force:
+            raise ValueError(
+                f"--ood {spec} has {len(images)} images (need ≥ {min_images} for an AUROC worth "
+                f"reporting); give more, or --force to report it anyway"
+            )
         if notes:
             log(f"--ood {spec}: adapted {name} to the model: {', '.join(notes)}")
         ood_sets[spec] = images, notes
@@ -449,6 +467,11 @@ def format_table(result: OODResult) -> str:
         f"Ĥ = {result.entropy_bpd:.4f} bpd (mean over {result.entropy_n} held-out images"
         + (", cached)" if result.entropy_cached else ")"),
         "",
+        "Ĥ: the typical bound of in-distribution images; |NLL − Ĥ| flags images whose bound is "
+        "atypically high or low.",
+        "AUROC: probability that a random OOD image scores above a random in-distribution one "
+        "(1 = perfect separation, 0.5 = chance); n images per class.",
+        "",
         f"{'OOD set':<24} {'n':>6} {'mean bpd':>9} {'AUROC |NLL-Ĥ|':>14} {'AUROC NLL':>10}",
     ]
     for spec in result.auroc:
@@ -501,6 +524,19 @@ def add_ood_parser(sub) -> None:
         default=1000,
         help="held-out test images for Ĥ (at most half the test split)",
     )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "test", "all"],
+        help="split of the in-distribution data for Ĥ and the negatives (default test: held out)",
+    )
+    p.add_argument(
+        "--min-images",
+        type=int,
+        default=20,
+        help="refuse an AUROC from fewer images per class than this (default 20)",
+    )
+    p.add_argument("--force", action="store_true", help="report an AUROC even from fewer images")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and OOD sets")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -541,6 +577,9 @@ def cmd_ood(args) -> int:
         ema=not args.no_ema,
         progress=sys.stderr.isatty(),
         log=log,
+        split=args.split,
+        min_images=args.min_images,
+        force=args.force,
     )
     roc: Path | None = args.roc or run / ROC_FILE
     try:

@@ -191,7 +191,7 @@ def test_cli_end_to_end_json(run, tmp_path, capsys):
     png = tmp_path / "roc.png"
     argv = [
         "ood", str(run), "--in", "digits", "--ood", "const", "--ood", "uniform",
-        "--ood", "skimage32", "--n-t", "2", "--limit", "12", "--batch", "16",
+        "--ood", "skimage32", "--n-t", "2", "--limit", "12", "--batch", "16", "--min-images", "12",
         "--roc", str(png), "--json",
     ]  # fmt: skip
     assert main(argv) == 0
@@ -215,9 +215,15 @@ def test_cli_end_to_end_json(run, tmp_path, capsys):
 
 def test_cli_table_output(run, capsys):
     argv = ["ood", str(run), "--in", "digits", "--ood", "uniform", "--n-t", "1", "--limit", "4"]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+    assert main(argv) == 2  # 4 images per class: no AUROC worth reporting ...
+    err = capsys.readouterr().err.strip()
+    assert "only 4 in-distribution test images" in err and "--force" in err and "\n" not in err
+    assert main([*argv, "--force"]) == 0  # ... unless forced
+    captured = capsys.readouterr()
+    out = captured.out
     assert "AUROC" in out and "uniform" in out and "Ĥ" in out
+    assert "0.5 = chance" in out and "typical bound" in out  # each number explained
+    assert "--entropy-count 1000 capped at 4" in captured.err  # caps are announced
 
 
 @pytest.mark.parametrize(
