@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # that capability is not installed in this build
         getattr(mod, f"add_{name}_parser")(sub)
+    for sub_parser in sub.choices.values():  # every --help shows the defaults
+        sub_parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
 

@@ -249,6 +249,6 @@ def run_decompress(args) -> int:
     blob = path.read_bytes()
     h, images = decompress(model, blob, args.preview_level, progress=not args.quiet)
     write_output(h, images, args.output)
-    what = "previews" if images.shape[1:3] != (h.H, h.W) else "images"
-    print(f"{len(images)} {what} -> {args.output}")
+    what = "preview" if images.shape[1:3] != (h.H, h.W) else "image"
+    print(f"{len(images)} {what}{'' if len(images) == 1 else 's'} -> {args.output}")
     return 0

@@ -124,8 +124,8 @@ def run_sample(args) -> int:
     out = Path(args.out)
     save_grid(x, out, K=model.config.K)
     written = [str(out)]
-    if len(previews) > 1:  # coarse-to-fine previews of each level
-        for s, p in enumerate(previews, 1):
+    if len(previews) > 1:  # coarse-to-fine previews of the coarser levels (the last is the grid)
+        for s, p in enumerate(previews[:-1], 1):
             path = out.with_name(f"{out.stem}_level{s}{out.suffix or '.png'}")
             save_grid(p, path, min_tile=1, K=model.config.K)  # native resolution of each level
             written.append(str(path))

@@ -266,6 +266,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     writer = _tensorboard(run) if cfg.tensorboard and dist.is_main() else None
     log = open(run / "metrics.jsonl", "a") if dist.is_main() else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main(), desc="train", unit="step")
+    first_step = step
     start, bad, running = time.time(), 0, None
     last = {}
     while True:
@@ -317,6 +318,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         terms = dist.mean(dict(terms, loss=float(total)), device)
         loss_val = terms.pop("loss")
         running = loss_val if running is None else 0.98 * running + 0.02 * loss_val
+        if cfg.steps is None and cfg.minutes:  # a time budget: total and ETA from the pace so far
+            elapsed = time.time() - start
+            pace = elapsed / max(step - first_step, 1)
+            bar.total = step + max(0, int((cfg.minutes * 60 - elapsed) / pace))
         bar.update(1)
         bar.set_postfix(loss=f"{loss_val:.3f}", bpd=f"{running:.3f}")
         last = {
@@ -503,8 +508,29 @@ def run_train(args) -> int:
             raise ValueError(f"{args.out} already holds a run; use --resume {args.out} or another --out")
         result = train(mcfg, tcfg, args.out, device=args.device)
     if dist.is_main():
-        print(
-            f"trained to step {result['step']}; last loss {result.get('loss', float('nan')):.4f} bpd",
-            file=sys.stderr,
-        )
+        report_end(args.resume or args.out, tcfg, result, args.device)
     return 0
+
+
+def report_end(run: Path, cfg: TrainConfig, result: dict, device: str, n_images: int = 256) -> None:
+    """What a user needs when training stops: the EMA bound on a fixed held-out subset
+    (not the last batch), where the files are, and what to run next."""
+    from .commands import evaluate_run
+
+    try:
+        out = evaluate_run(run, limit=n_images, progress=False, device="cpu" if device == "auto" else device)
+        bound = (
+            f"EMA bound {out['bpd']:.4f} ± {out['bpd_se']:.4f} bpd on the first {out['n_images']} held-out "
+            f"images of {out['data']} (an upper bound on −log2 P(x)/d; lower is better)"
+        )
+    except (ValueError, OSError) as err:  # e.g. data too small for a held-out part
+        bound = f"no held-out bound ({err})"
+    samples = sorted((run / "samples").glob("*.png"))
+    lines = [
+        f"trained to step {result['step']}; {bound}",
+        f"  weights: {run / 'ema.safetensors'} (EMA, used by default) and {run / 'model.safetensors'}",
+        f"  log:     {run / 'metrics.jsonl'}" + (f"; samples: {samples[-1]}" if samples else ""),
+        f"  next:    pcdm eval {run}  |  pcdm sample {run} -n 64 --out samples.png  |  "
+        f"pcdm compress {run} IMAGES -o out.pcdm",
+    ]
+    print("\n".join(lines), file=sys.stderr)

@@ -151,3 +151,17 @@ def test_budget_by_steps(ablation, tmp_path):
         assert r["final_step"] == max(1, round(0.02 * 60 / speed)), name
         assert r["minutes"] == pytest.approx(r["final_step"] * speed / 60, abs=1e-4)  # rounded to 4 places
     assert "Budget by steps" in (results / "ablation.md").read_text()
+
+
+def test_train_speed_script(capsys):
+    """benchmarks/train_speed.py times real `pcdm train` steps and reports the ratio to vdm."""
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--data", "digits", "--preset", "tiny", "--models", "vdm,w-pcdm", "--steps", "5", "--json"]
+    assert mod.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["seconds_per_step"]) == {"vdm", "w-pcdm"}
+    assert all(v > 0 for v in out["seconds_per_step"].values())
+    sps = out["seconds_per_step"]
+    assert out["speedup_vs_vdm"]["w-pcdm"] == pytest.approx(sps["vdm"] / sps["w-pcdm"], rel=1e-2)

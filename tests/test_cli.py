@@ -72,8 +72,9 @@ def test_sample_writes_grid_and_level_previews(run, tmp_path, capsys):
     assert main(["sample", str(run), "-n", "4", "--out", str(out), "--steps", "5"]) == 0
     img = Image.open(out)
     assert img.size == (2 * 29 + 1, 2 * 29 + 1) and img.mode == "L"  # 2×2 grid of 28×28, 1-px borders
-    coarse, fine = Image.open(tmp_path / "grid_level1.png"), Image.open(tmp_path / "grid_level2.png")
-    assert coarse.size == (2 * 15 + 1, 2 * 15 + 1) and fine.size == (59, 59)  # 14×14 then 28×28 tiles
+    coarse = Image.open(tmp_path / "grid_level1.png")
+    assert coarse.size == (2 * 15 + 1, 2 * 15 + 1)  # 14×14 tiles
+    assert not (tmp_path / "grid_level2.png").exists()  # the finest level is the grid itself
 
 
 def _err(argv, capsys) -> str:
@@ -172,3 +173,18 @@ def test_folder_eval_is_whole_and_runs_survive_another_cwd(tmp_path, monkeypatch
     assert main(["eval", str(run), "--data", str(tmp_path / "imgs" / "test")]) == 2
     err = capsys.readouterr().err
     assert "differ in channels" in err and "gray.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_shows_defaults_and_training_says_what_next(tmp_path, capsys):
+    for command in ("train", "eval", "sample", "ood"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "(default:" in capsys.readouterr().out, command
+    run = tmp_path / "r"
+    assert (
+        main(["train", "--model", "w-pcdm", "--data", "digits", "--out", str(run), "--steps", "2", *TINY])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "EMA bound" in err and "held-out" in err and "lower is better" in err
+    assert str(run / "ema.safetensors") in err and f"pcdm eval {run}" in err
