@@ -230,7 +230,7 @@ def _env(threads: int | None) -> dict:
     return env
 
 
-def measure_speeds(args, data: str) -> dict[str, float]:
+def measure_speeds(args, data: str, log=print) -> dict[str, float]:
     """Seconds per training step of every run, measured alone, one after the other, on
     ``--threads`` (default 1) threads: steps 10 … 10 + ``--speed-steps`` of a short run
     (the first steps pay for warm-up)."""
@@ -246,7 +246,7 @@ def measure_speeds(args, data: str) -> dict[str, float]:
         steps, times = step_times(run)
         speeds[name] = float((times[-1] - time_at(10, steps, times)) / (steps[-1] - 10))
         shutil.rmtree(run, ignore_errors=True)
-        print(f"  {name}: {speeds[name]:.4f} s/step measured alone", flush=True)
+        log(f"  {name}: {speeds[name]:.4f} s/step measured alone")
     return speeds
 
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.width:
             abl.runs = {name: (m, ["--width", str(args.width)]) for name, (m, _) in abl.runs.items()}
-        speeds = ablation.measure_speeds(abl, args.data)
+        speeds = ablation.measure_speeds(abl, args.data, log=lambda msg: print(msg, file=sys.stderr))
     base = speeds.get("vdm")
     out = {
         "data": args.data,
