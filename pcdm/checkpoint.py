@@ -33,6 +33,12 @@ class RunError(ValueError):
     """A run folder or checkpoint that cannot be used, with the reason in one line."""
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path`` (atomic on POSIX)."""
     path = Path(path)
@@ -43,6 +49,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; keep the user's umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

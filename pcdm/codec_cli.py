@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from . import codec
-from .checkpoint import atomic_write, fingerprint, load_run
+from .checkpoint import atomic_write, current_umask, fingerprint, load_run
 from .data import DataError, as_images, read_image_folder
 
 DEFAULT_STEPS = 100
@@ -206,6 +206,7 @@ def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
         raise codec.CodecError(f"{out} already exists; give a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; keep the user's umask
     try:
         written = []
         for name, img in zip(output_names(h.names), images):

@@ -42,6 +42,12 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_complete_run(run):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "ema.safetensors", "model.safetensors"):  # the user's umask, not 0600
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["model"] == "w-pcdm" and cfg["data"]["K"] == 256
     assert cfg["model"]["image_shape"] == [1, 28, 28]

@@ -388,3 +388,57 @@ def test_codec_table_benchmark(run, tmp_path):
     ]
     with pytest.raises(SystemExit):
         table.main([str(run), "--limit-for", "8=x", "--out", str(out)])
+
+
+FORGE_SCRIPT = r"""
+import resource, sys, time
+import numpy as np
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a 3 GiB address space
+from pcdm import codec_cli
+from pcdm.checkpoint import load_run
+model, _ = load_run(sys.argv[1])
+original = codec_cli.decompress(model, open(sys.argv[2], "rb").read())[1]
+for path in sys.argv[3:]:
+    t0 = time.time()
+    try:
+        back = codec_cli.decompress(model, open(path, "rb").read())[1]
+        verdict = "same" if np.array_equal(back, original) else "DIFFERENT"
+    except ValueError as err:  # CodecError is a ValueError
+        verdict = "one-line" if "\n" not in str(err) else "MULTI-LINE"
+    print(path.rsplit("/", 1)[-1], verdict, round(time.time() - t0, 1), flush=True)
+"""
+
+
+def test_forged_headers_fail_fast_in_bounded_memory(run, small_file, tmp_path):
+    """Every u32 header field forged to 0, 1, 3, 2¹⁶, 2³¹−1, 2³²−1 (header CRC fixed), and
+    the lane/image counts the review named: each decode ends within 60 s under a 3 GiB
+    address-space limit, with a one-line error or the original pixels."""
+    (tmp_path / "good.pcdm").write_bytes(small_file)
+    files = []
+    for i in range(13):  # T, B, N, C, H, W, K, n_init, kmin, meta_len, payload words, 2 CRCs
+        for value in (0, 1, 3, 2**16, 2**31 - 1, 2**32 - 1):
+            path = tmp_path / f"f{i}_{value}.pcdm"
+            path.write_bytes(_forge(small_file, 40 + 4 * i, value))
+            files.append(str(path))
+    for name, fields in {
+        "t1_8192": (1, 8192, 8192),
+        "t1_65536": (1, 65536, 65536),
+        "b_2e20": (3, 2**20, 2**20),
+    }.items():
+        blob = small_file
+        for i, value in enumerate(fields):
+            blob = _forge(blob, 40 + 4 * i, value)
+        (tmp_path / f"{name}.pcdm").write_bytes(blob)
+        files.append(str(tmp_path / f"{name}.pcdm"))
+    proc = subprocess.run(
+        [sys.executable, "-c", FORGE_SCRIPT, str(run), str(tmp_path / "good.pcdm"), *files],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert len(rows) == len(files)
+    for name, verdict, seconds in rows:
+        assert verdict in ("one-line", "same"), (name, verdict)
+        assert float(seconds) < 60, (name, seconds)
+    # The forged counts themselves never decode.
+    assert all(v == "one-line" for n, v, _ in rows if n.startswith(("t1_", "b_2e20")))
