@@ -90,26 +90,51 @@ def read_config(run: Path) -> dict:
         raise RunError(f"{path} is corrupt: {err}") from None
 
 
+def split_run(path: Path) -> tuple[Path, Path]:
+    """(run folder, weights folder): a run folder is both; ``RUN/ckpt/step_N`` names one of
+    its checkpoints (weights there, config.json in RUN)."""
+    path = Path(path)
+    if (path / "state.json").is_file() and path.parent.name == "ckpt":
+        return path.parent.parent, path
+    return path, path
+
+
 def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[PCDM, dict]:
-    """Build the model of a run folder and load its (EMA) weights; returns (model, config)."""
-    run = Path(run)
+    """Build the model of a run folder (or of one of its checkpoints, ``RUN/ckpt/step_N``)
+    and load its (EMA) weights; returns (model, config)."""
+    run, weights = split_run(run)
     config = read_config(run)
     try:
         model = PCDM(ModelConfig.from_dict(config["model"]))
     except (TypeError, KeyError, ValueError) as err:
         raise RunError(f"{run / 'config.json'} has an invalid model config: {err}") from None
-    name = "ema.safetensors" if ema and (run / "ema.safetensors").exists() else "model.safetensors"
-    state = load_tensors(run / name)
+    name = "ema.safetensors" if ema and (weights / "ema.safetensors").exists() else "model.safetensors"
+    load_weights(model, weights / name)
+    return model.to(device).eval(), config
+
+
+def load_weights(model: PCDM, path: Path) -> None:
+    """Load a safetensors file into ``model``; a file of another config is one clear line."""
+    state = load_tensors(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # same names, other shapes
         first = str(err).strip().splitlines()[-1].strip()
-        raise RunError(f"{run / name} does not match {run / 'config.json'}: {first}") from None
+        raise RunError(f"{path} does not match the run's config.json: {first}") from None
     if missing or unexpected:
         raise RunError(
-            f"{run / name} does not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{path} does not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return model.to(device).eval(), config
+
+
+def weight_files(run: Path) -> list[Path]:
+    """Every weights file of a run, newest first: top-level EMA and raw weights, then each
+    checkpoint's (for finding the weights a .pcdm file was made with)."""
+    run, _ = split_run(run)
+    files = [run / "ema.safetensors", run / "model.safetensors"]
+    for ck in sorted((run / "ckpt").glob("step_*"), reverse=True):
+        files += [ck / "ema.safetensors", ck / "model.safetensors"]
+    return [f for f in files if f.is_file()]
 
 
 def fingerprint(model: PCDM) -> bytes:

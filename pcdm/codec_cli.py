@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -19,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from . import codec
-from .checkpoint import atomic_write, current_umask, fingerprint, load_run
+from .checkpoint import atomic_write, current_umask, fingerprint, load_run, load_weights, weight_files
 from .data import DataError, as_images, read_image_folder
 
 DEFAULT_STEPS = 100
@@ -32,7 +33,7 @@ def add_compress_parser(sub) -> None:
         help="losslessly compress images with bits-back ANS",
         description="Bits-back ANS coding over the T-step model (Bit-Swap order).",
     )
-    p.add_argument("run", help="run folder of a trained model")
+    p.add_argument("run", help="run folder of a trained model, or one of its checkpoints RUN/ckpt/step_N")
     p.add_argument("input", help="folder of images or a .npy uint8 array (N,H,W[,C])")
     p.add_argument("-o", "--output", required=True, help="output .pcdm file")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="T (default %(default)s)")
@@ -61,7 +62,10 @@ def add_decompress_parser(sub) -> None:
         help="restore images from a .pcdm file",
         description="Decode a .pcdm file made by `pcdm compress` with the same model.",
     )
-    p.add_argument("run", help="run folder of the model that compressed the file")
+    p.add_argument(
+        "run",
+        help="run folder (or RUN/ckpt/step_N): the weights whose fingerprint the file carries are found",
+    )
     p.add_argument("file", help=".pcdm file")
     p.add_argument("-o", "--output", required=True, help="output folder or .npy file")
     p.add_argument(
@@ -242,12 +246,33 @@ def run_compress(args) -> int:
     return 0
 
 
+def matching_model(run, wanted: bytes, log=None):
+    """The model of RUN (a run folder or RUN/ckpt/step_N) whose fingerprint is ``wanted``:
+    the given weights first, then every weights file of the run, newest first."""
+    model, _ = load_run(run)
+    if fingerprint(model) == wanted:
+        return model
+    tried = 1
+    for path in weight_files(run):
+        load_weights(model, path)
+        tried += 1
+        if fingerprint(model) == wanted:
+            if log:
+                log(f"using {path}: the weights this file was compressed with")
+            return model
+    raise codec.CodecError(
+        f"no weights in {run} match the file (fingerprint {wanted.hex()[:16]}…; {tried} weight files "
+        "checked): it was compressed with another run, or with a checkpoint since deleted (--keep)"
+    )
+
+
 def run_decompress(args) -> int:
-    model, _ = load_run(args.run)
     path = Path(args.file)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     blob = path.read_bytes()
+    header, _ = codec.unpack(blob)
+    model = matching_model(args.run, header.fingerprint, log=lambda msg: print(msg, file=sys.stderr))
     h, images = decompress(model, blob, args.preview_level, progress=not args.quiet)
     write_output(h, images, args.output)
     what = "preview" if images.shape[1:3] != (h.H, h.W) else "image"

@@ -192,8 +192,46 @@ def test_wrong_model_is_a_clear_error(run, small_file, tmp_path):
     path.write_bytes(small_file)
     res = cli("decompress", str(other), str(path), "-o", str(tmp_path / "o.npy"), "--quiet")
     assert res.returncode != 0
-    assert "different model" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "no weights in" in res.stderr and "fingerprint" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_model_pinning_survives_resume(tmp_path, capsys):
+    """compress with a checkpoint (RUN/ckpt/step_N); after --resume moved the run's
+    top-level weights on, decompress RUN still finds the weights the file was made with;
+    with that checkpoint deleted, the error names the fingerprint."""
+    run = tmp_path / "run"
+    common = [
+        "--data",
+        "digits",
+        "--preset",
+        "tiny",
+        "--sample-steps",
+        "0",
+        "--ckpt-every",
+        "2",
+        "--keep",
+        "5",
+    ]
+    assert main(["train", "--model", "w-pcdm", "--out", str(run), "--steps", "2", *common]) == 0
+    np.save(tmp_path / "x.npy", data.load("digits", "test", limit=3).images[..., 0])
+    ck = run / "ckpt" / "step_00000002"
+    assert (
+        main(["compress", str(ck), str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.pcdm"), "--steps", "3"])
+        == 0
+    )
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "y.npy"
+    assert main(["decompress", str(run), str(tmp_path / "x.pcdm"), "-o", str(out), "--quiet"]) == 0
+    assert np.array_equal(np.load(out), np.load(tmp_path / "x.npy"))
+    assert "step_00000002" in capsys.readouterr().err  # says which weights it used
+    import shutil
+
+    shutil.rmtree(ck)
+    assert main(["decompress", str(run), str(tmp_path / "x.pcdm"), "-o", str(tmp_path / "z.npy")]) == 2
+    assert "fingerprint" in capsys.readouterr().err and not (tmp_path / "z.npy").exists()
 
 
 def _forge(blob: bytes, offset: int, value: int) -> bytes:
