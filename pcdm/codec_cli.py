@@ -1,10 +1,12 @@
 """``pcdm compress`` / ``pcdm decompress`` (SPEC §7, §8): files around :mod:`pcdm.codec`.
 
 INPUT is a folder of images (relative names kept, sorted as :func:`data.read_image_folder`
-reads them) or a ``.npy`` integer array ``(N, H, W)`` / ``(N, H, W, C)``. Decompression
-restores it in the same form: a folder of lossless PNGs with the same relative names
-(a non-PNG suffix becomes ``.png``), or a ``.npy`` with the same shape and dtype. Nothing is
-written unless the whole stream decodes and the pixels match their CRC-32.
+reads them), one or more image files (their names kept), or a ``.npy``/``.npz`` integer
+array ``(N, H, W)`` / ``(N, H, W, C)``. Decompression writes what ``-o`` names: ``X.npy`` an
+array (the input's shape and dtype when it was one), ``X.png`` a single image, anything
+else a folder of lossless PNGs (the input's relative names, a non-PNG suffix becoming
+``.png``; numbered for arrays). Nothing is written unless the whole stream decodes and the
+pixels match their CRC-32.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from . import codec
 from .checkpoint import atomic_write, current_umask, fingerprint, load_run, load_weights, weight_files
-from .data import DataError, as_images, read_image_folder
+from .data import DataError, as_images, image_array, read_image_folder
 
 DEFAULT_STEPS = 100
 DEFAULT_LANES = 64
@@ -34,7 +36,9 @@ def add_compress_parser(sub) -> None:
         description="Bits-back ANS coding over the T-step model (Bit-Swap order).",
     )
     p.add_argument("run", help="run folder of a trained model, or one of its checkpoints RUN/ckpt/step_N")
-    p.add_argument("input", help="folder of images or a .npy uint8 array (N,H,W[,C])")
+    p.add_argument(
+        "input", nargs="+", help="image file(s), a folder of images, or a .npy/.npz integer array (N,H,W[,C])"
+    )
     p.add_argument("-o", "--output", required=True, help="output .pcdm file")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="T (default %(default)s)")
     p.add_argument(
@@ -83,24 +87,52 @@ def add_decompress_parser(sub) -> None:
 # ---------------------------------------------------------------------------
 
 
-def read_input(path: str, K: int) -> tuple[np.ndarray, codec.Header]:
+def read_input(paths, K: int) -> tuple[np.ndarray, codec.Header]:
     """Images (N,H,W,C) uint8 and a partial header describing the input's form."""
-    src = Path(path)
-    if src.is_dir():
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    src = Path(paths[0])
+    if len(paths) == 1 and src.is_dir():
         names, images = read_image_folder(src)
-        for name in names:
-            codec.check_name(name)
-        images = as_images(images, K, str(src))
-        h = codec.Header(codec.KIND_FOLDER, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0, names=names)
-        return images, h
-    if src.suffix.lower() != ".npy":
-        raise DataError(f"{src}: give a folder of images or a .npy array")
+        return _named(names, images, K, str(src))
+    if len(paths) == 1 and src.suffix.lower() in (".npy", ".npz"):
+        return _array_input(src, K)
+    files = [Path(p) for p in paths]
+    for f in files:
+        if f.is_dir() or f.suffix.lower() in (".npy", ".npz"):
+            raise DataError(f"{f}: give one folder, one .npy/.npz array, or image files (not a mix)")
+        if not f.is_file():
+            raise DataError(f"{f}: file not found")
+    names = [f.name for f in files]
+    if len({n.lower() for n in names}) != len(names):
+        raise DataError("two input files have the same name; put them in a folder instead")
+    arrays = [image_array(f) for f in files]
+    for f, a in zip(files[1:], arrays[1:]):
+        if a.shape != arrays[0].shape:
+            raise DataError(f"{files[0].name} is {arrays[0].shape} but {f.name} is {a.shape} (H, W, C)")
+    return _named(names, np.stack(arrays), K, str(files[0].parent))
+
+
+def _named(names, images, K, where):
+    for name in names:
+        codec.check_name(name)
+    images = as_images(images, K, where)
+    return images, codec.Header(codec.KIND_FOLDER, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0, names=list(names))
+
+
+def _array_input(src: Path, K: int):
     if not src.is_file():
         raise DataError(f"{src}: file not found")
     try:
-        array = np.load(src, allow_pickle=False)
+        if src.suffix.lower() == ".npy":
+            array = np.load(src, allow_pickle=False)
+        else:
+            with np.load(src, allow_pickle=False) as npz:
+                keys = ["images"] if "images" in npz.files else npz.files
+                if len(keys) != 1:
+                    raise DataError(f"{src}: holds {npz.files}; give one array (or one named 'images')")
+                array = npz[keys[0]]
     except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{src}: cannot read as a .npy array ({err})") from None
+        raise DataError(f"{src}: cannot read as a {src.suffix} array ({err})") from None
     if array.ndim not in (3, 4) or array.dtype.kind not in "uib" or array.dtype.itemsize > 8:
         raise DataError(
             f"{src}: expected an integer array (N,H,W) or (N,H,W,C), got {array.dtype} {array.shape}"
@@ -189,14 +221,19 @@ def output_names(names: list[str]) -> list[str]:
 
 
 def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
-    """Write images in the input's form; atomic (nothing is left behind on failure)."""
+    """Write images in the form ``output`` names (``.npy`` array, ``.png`` single image,
+    else a folder of PNGs); atomic (nothing is left behind on failure)."""
     out = Path(output)
-    if h.kind == codec.KIND_NPY:
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
         if out.is_dir():
-            raise codec.CodecError(f"{out} is a folder; the file holds a .npy array")
+            raise codec.CodecError(f"{out} is a folder; -o X.npy writes an array file")
         n, hh, ww, c = images.shape
-        shape = (n, hh, ww) if len(h.shape) == 3 else (n, hh, ww, c)
-        array = images.reshape(shape).astype(np.dtype(h.dtype))
+        if h.kind == codec.KIND_NPY:  # the input's own shape and dtype
+            shape = (n, hh, ww) if len(h.shape) == 3 else (n, hh, ww, c)
+            array = images.reshape(shape).astype(np.dtype(h.dtype))
+        else:
+            array = images[..., 0] if c == 1 else images
 
         def write(tmp):
             with open(tmp, "wb") as fh:
@@ -204,20 +241,25 @@ def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
 
         atomic_write(out, write)
         return [str(out)]
-    from PIL import Image
-
+    if suffix == ".png":
+        if len(images) != 1:
+            raise codec.CodecError(
+                f"the file holds {len(images)} images; -o X.png is for one (give a folder)"
+            )
+        atomic_write(out, lambda tmp: _png(images[0]).save(tmp, format="PNG"))
+        return [str(out)]
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise codec.CodecError(f"{out} already exists; give a new or empty folder")
+    names = h.names if h.kind == codec.KIND_FOLDER else [f"{i:05d}.png" for i in range(len(images))]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; keep the user's umask
     try:
         written = []
-        for name, img in zip(output_names(h.names), images):
+        for name, img in zip(output_names(names), images):
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            mode = "L" if img.shape[-1] == 1 else "RGB"
-            Image.fromarray(img[..., 0] if mode == "L" else img, mode).save(path, format="PNG")
+            _png(img).save(path, format="PNG")
             written.append(str(out / name))
         if out.exists():
             out.rmdir()
@@ -226,6 +268,12 @@ def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return written
+
+
+def _png(img: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
 
 
 def run_compress(args) -> int:

@@ -289,7 +289,7 @@ def _load_folder(path: Path, split: str, limit: int | None) -> ImageSet:
     return _from_single(images, K, split, limit, str(path), path.name)
 
 
-def _image_array(file: Path) -> np.ndarray:
+def image_array(file: Path) -> np.ndarray:
     """One image file as uint8 ``(H, W, C)``.
 
     Grayscale stays one channel (no point tripling the dimension d); palette images become
@@ -343,7 +343,7 @@ def read_image_folder(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if not files:
         raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files)")
     names = [f.relative_to(root).as_posix() for f in files]
-    arrays = [_image_array(f) for f in files]
+    arrays = [image_array(f) for f in files]
     for name, array in zip(names[1:], arrays[1:]):
         if array.shape[:2] == arrays[0].shape[:2] and array.shape != arrays[0].shape:
             raise DataError(

@@ -480,3 +480,32 @@ def test_forged_headers_fail_fast_in_bounded_memory(run, small_file, tmp_path):
         assert float(seconds) < 60, (name, seconds)
     # The forged counts themselves never decode.
     assert all(v == "one-line" for n, v, _ in rows if n.startswith(("t1_", "b_2e20")))
+
+
+def test_inputs_and_outputs_as_users_give_them(run, test_images, tmp_path, capsys):
+    """One image file, a list of files, a folder and a .npz in; -o X.png, X.npy or a folder
+    out, whatever the input was; all bit-exact."""
+    imgs = test_images[:3, ..., 0]
+    for i, img in enumerate(imgs):
+        Image.fromarray(img, "L").save(tmp_path / f"im{i}.png")
+    np.savez(tmp_path / "a.npz", images=imgs)
+
+    def roundtrip(inputs, out_name):
+        blob = tmp_path / "t.pcdm"
+        assert main(["compress", str(run), *inputs, "-o", str(blob), "--steps", "2", "--quiet"]) == 0
+        out = tmp_path / out_name
+        assert main(["decompress", str(run), str(blob), "-o", str(out), "--quiet"]) == 0
+        return out
+
+    one = roundtrip([str(tmp_path / "im0.png")], "one.png")
+    assert np.array_equal(np.asarray(Image.open(one)), imgs[0])
+    many = roundtrip([str(tmp_path / "im1.png"), str(tmp_path / "im2.png")], "many")
+    assert sorted(p.name for p in many.iterdir()) == ["im1.png", "im2.png"]
+    assert np.array_equal(np.asarray(Image.open(many / "im2.png")), imgs[2])
+    arr = roundtrip([str(many)], "from_folder.npy")  # a folder in, an array out
+    assert arr.is_file() and np.array_equal(np.load(arr), imgs[1:])
+    pngs = roundtrip([str(tmp_path / "a.npz")], "from_npz")  # an array in, PNGs out
+    assert [np.asarray(Image.open(p)).tolist() for p in sorted(pngs.iterdir())] == imgs.tolist()
+    capsys.readouterr()
+    assert main(["decompress", str(run), str(tmp_path / "t.pcdm"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "-o X.png is for one" in capsys.readouterr().err
