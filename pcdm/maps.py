@@ -85,6 +85,24 @@ def octave_shapes(chw: tuple[int, int, int], levels: int) -> list[tuple[int, int
     return [(c, h // 2 ** (levels - 1 - k), w // 2 ** (levels - 1 - k)) for k in range(levels)]
 
 
+def octave_analysis(y: Tensor, levels: int, step) -> list[Tensor]:
+    """Apply one analysis ``step`` (y ↦ (LL, details)) recursively on LL: levels coarse
+    first, [LL of the last octave, its details, …, the finest details]."""
+    details = []
+    for _ in range(levels - 1):
+        y, d = step(y)
+        details.append(d)
+    return [y, *reversed(details)]
+
+
+def octave_synthesis(cs: list[Tensor], step) -> Tensor:
+    """Inverse of :func:`octave_analysis` with the matching synthesis ``step``."""
+    y = cs[0]
+    for d in cs[1:]:
+        y = step(y, d)
+    return y
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -184,17 +202,10 @@ class Haar(HierarchicalMap):
 
     def forward(self, f):
         check_divisible(f.shape, self.levels)
-        details, y = [], f
-        for _ in range(self.levels - 1):
-            y, d = haar_analysis(y)
-            details.append(d)
-        return [y, *reversed(details)]
+        return octave_analysis(f, self.levels, haar_analysis)
 
     def inverse(self, cs):
-        y = cs[0]
-        for d in cs[1:]:
-            y = haar_synthesis(y, d)
-        return y
+        return octave_synthesis(cs, haar_synthesis)
 
     def condition(self, cs, k):
         # The LL band at level k's resolution, rebuilt from the coarser levels only.
@@ -386,17 +397,10 @@ class Lifting(DiscreteMap):
         check_divisible(x.shape, self.levels)
         if x.dtype.is_floating_point:
             raise TypeError("the integer lifting map takes integer images")
-        details, y = [], x
-        for _ in range(self.levels - 1):
-            y, d = lift_analysis(y)
-            details.append(d)
-        return [y, *reversed(details)]
+        return octave_analysis(x, self.levels, lift_analysis)
 
     def inverse(self, cs):
-        y = cs[0]
-        for d in cs[1:]:
-            y = lift_synthesis(y, d)
-        return y
+        return octave_synthesis(cs, lift_synthesis)
 
     octave_image = inverse
 

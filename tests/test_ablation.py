@@ -4,13 +4,13 @@ and --reuse skipping finished runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from pcdm.baselines import available_codecs
 
@@ -19,16 +19,9 @@ MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm", "lift-pcdm")
 RUNS = (*MODELS, "w-pcdm@24", "lift-pcdm@24")  # + equal-compute variants, widened to 24
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def ablation():
-    return _script()
+    return load_benchmark("ablation")
 
 
 def test_time_at_interpolates_and_extrapolates(ablation):
@@ -155,9 +148,7 @@ def test_budget_by_steps(ablation, tmp_path):
 
 def test_train_speed_script(capsys):
     """benchmarks/train_speed.py times real `pcdm train` steps and reports the ratio to vdm."""
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("train_speed")
     args = ["--data", "digits", "--preset", "tiny", "--models", "vdm,w-pcdm", "--steps", "5", "--json"]
     assert mod.main(args) == 0
     out = json.loads(capsys.readouterr().out)

@@ -7,7 +7,6 @@ the conditioning, prior and reconstruction agree, and other models are refused."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_benchmark
 
 from pcdm.checkpoint import load_run, save_tensors, write_json
 from pcdm.data import load
@@ -25,18 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(image_shape=(1, 8, 8), K=17, width=8, depth=1, attention=False)  # digits: 8×8, K = 17
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "objective_audit", ROOT / "benchmarks" / "objective_audit.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def audit():
-    return _script()
+    return load_benchmark("objective_audit")
 
 
 def _model(model="w-pcdm", levels=2, seed=0) -> PCDM:
