@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .model import PCDM, ModelConfig
@@ -60,12 +60,22 @@ def write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise RunError(f"refusing to write a checkpoint with non-finite values in {name!r}")
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    meta = {k: str(v) for k, v in (metadata or {}).items()} or None
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def saved_step(path: Path) -> str | None:
+    """The training step recorded in a weights file's metadata (None if absent)."""
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("step")
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -104,6 +114,11 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
     and load its (EMA) weights; returns (model, config)."""
     run, weights = split_run(run)
     config = read_config(run)
+    if weights == run and saved_step(run / "ema.safetensors") != saved_step(run / "model.safetensors"):
+        # The two top-level mirrors are from different steps (a crash between their two
+        # renames): the newest complete checkpoint holds a consistent pair.
+        ckpts = [c for c in sorted((run / "ckpt").glob("step_*")) if (c / "state.json").is_file()]
+        weights = ckpts[-1] if ckpts else weights
     try:
         model = PCDM(ModelConfig.from_dict(config["model"]))
     except (TypeError, KeyError, ValueError) as err:

@@ -156,8 +156,8 @@ def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: in
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_t, opt_plain = optimizer_tensors(opt)
-    save_tensors(tmp / "model.safetensors", model.state_dict())
-    save_tensors(tmp / "ema.safetensors", ema.module.state_dict())
+    save_tensors(tmp / "model.safetensors", model.state_dict(), {"step": step})
+    save_tensors(tmp / "ema.safetensors", ema.module.state_dict(), {"step": step})
     save_tensors(tmp / "optim.safetensors", opt_t)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -297,3 +297,21 @@ def test_resume_survives_a_torn_log_and_bad_state_is_one_line(tmp_path, capsys):
         == 2
     )
     assert "--keep must be ≥ 1" in capsys.readouterr().err
+
+
+def test_torn_weight_mirrors_are_never_loaded_together(tmp_path):
+    """The top-level model/EMA mirrors are two renames; if a crash leaves them from different
+    steps, load_run takes the newest complete checkpoint (a consistent pair) instead."""
+    from pcdm.checkpoint import saved_step
+
+    run = tmp_path / "r"
+    assert (
+        main(["train", "--model", "w-pcdm", "--out", str(run), "--steps", "4", "--ckpt-every", "2", *COMMON])
+        == 0
+    )
+    assert saved_step(run / "ema.safetensors") == saved_step(run / "model.safetensors") == "4"
+    newest = run / "ckpt" / "step_00000004"
+    (run / "ema.safetensors").write_bytes((run / "ckpt" / "step_00000002" / "ema.safetensors").read_bytes())
+    model, _ = load_run(run)
+    want = load_file(newest / "ema.safetensors")
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
