@@ -49,6 +49,9 @@ def check_matches(model, data: ImageSet) -> None:
         )
 
 
+COMPARE_MAX = 5000  # images: classical codecs beside the bound only when that is cheap
+
+
 def evaluate_run(
     run,
     data_spec=None,
@@ -60,8 +63,10 @@ def evaluate_run(
     ema=True,
     progress=True,
     device="cpu",
+    compare_codecs=False,
 ) -> dict:
-    """The bound of a run on data. Default split: the run's own data → its held-out test
+    """The bound of a run on data (with ``compare_codecs``, PNG and JPEG-XL lossless on the
+    same images when there are at most COMPARE_MAX). Default split: the run's own data → its held-out test
     split; a named dataset → its test split; any other folder or array → all of it."""
     model, cfg = load_run(run, ema=ema, device=device)
     own = cfg["data"]["spec"]
@@ -81,6 +86,13 @@ def evaluate_run(
     out = summarize(per_image)
     out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
     out.update(model=model.config.model)
+    if compare_codecs and len(data.images) <= COMPARE_MAX:
+        from .baselines import available_codecs, compare
+
+        names = [c for c in ("png", "jpegxl") if c in available_codecs()]
+        if names:
+            codecs = compare(data.images, codecs=names, progress=False)
+            out["classical_bpd"] = {name: round(codecs[name]["bpd"], 4) for name in names}
     return out
 
 
@@ -96,6 +108,7 @@ def run_eval(args) -> int:
         not args.no_ema,
         progress=not args.json,
         device=args.device,
+        compare_codecs=not args.no_compare,
     )
     if args.json:
         print(json.dumps(out))
@@ -111,6 +124,9 @@ def run_eval(args) -> int:
         for level, bands in out.get("diffusion_bands", {}).items():
             cells = "  ".join(f"{label} {v:.4f}" for label, v in bands.items())
             print(f"  {level} diffusion by γ band: {cells}")
+        if "classical_bpd" in out:
+            cells = ", ".join(f"{k} {v:.4f}" for k, v in out["classical_bpd"].items())
+            print(f"  for reference, lossless codecs on the same images (each its own file): {cells} bpd")
     return 0
 
 
@@ -195,6 +211,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip PNG / JPEG-XL on the same images (done up to 5000)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_eval)
 

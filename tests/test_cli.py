@@ -173,6 +173,7 @@ def test_folder_eval_is_whole_and_runs_survive_another_cwd(tmp_path, monkeypatch
     assert main(["eval", str(run), "--data", str(tmp_path / "imgs" / "test"), "--json"]) == 0
     whole = json.loads(capsys.readouterr().out)
     assert whole["n_images"] == 7 and whole["split"] == "all"
+    assert whole["classical_bpd"]["png"] > 0  # a reference point beside the bound
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
         tmp_path / "imgs" / "test" / "gray.png"
     )
