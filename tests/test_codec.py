@@ -134,6 +134,7 @@ def test_roundtrip_1000_images_fresh_process_and_elbo(run, test_images, tmp_path
     assert rc == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_images"] == N_TEST and stats["bytes"] == out.stat().st_size
+    assert 4 < stats["classical_bpd"]["png"] < 6  # the reference point (Fashion-MNIST PNG ≈ 5.2 bpd)
     dec = tmp_path / "y.npy"
     res = cli("decompress", str(run), str(out), "-o", str(dec), "--quiet", threads=1)
     assert res.returncode == 0, res.stderr
