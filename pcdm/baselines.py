@@ -273,3 +273,17 @@ def compare(
     entry["argmin"] = [names[j] for j in winner]
     results["best"] = entry
     return results
+
+
+REFERENCE_MAX = 5000  # images: a classical reference beside a result only when that is cheap
+
+
+def reference_bpd(images: np.ndarray) -> dict[str, float] | None:
+    """PNG and JPEG-XL lossless bpd of ``images`` (each its own file), the reference point
+    printed beside a bound or a code length; None when there are more than REFERENCE_MAX
+    images or neither codec is available."""
+    names = [c for c in ("png", "jpegxl") if c in available_codecs()]
+    if not names or len(images) > REFERENCE_MAX:
+        return None
+    table = compare(images, codecs=names, progress=False)
+    return {name: round(table[name]["bpd"], 4) for name in names}

@@ -100,6 +100,13 @@ def read_config(run: Path) -> dict:
         raise RunError(f"{path} is corrupt: {err}") from None
 
 
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint ``RUN/ckpt/step_N`` (its state.json written last)."""
+    ckpts = sorted((Path(run) / "ckpt").glob("step_*"))
+    complete = [c for c in ckpts if (c / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
 def split_run(path: Path) -> tuple[Path, Path]:
     """(run folder, weights folder): a run folder is both; ``RUN/ckpt/step_N`` names one of
     its checkpoints (weights there, config.json in RUN)."""
@@ -117,8 +124,7 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
     if weights == run and saved_step(run / "ema.safetensors") != saved_step(run / "model.safetensors"):
         # The two top-level mirrors are from different steps (a crash between their two
         # renames): the newest complete checkpoint holds a consistent pair.
-        ckpts = [c for c in sorted((run / "ckpt").glob("step_*")) if (c / "state.json").is_file()]
-        weights = ckpts[-1] if ckpts else weights
+        weights = latest_checkpoint(run) or weights
     try:
         model = PCDM(ModelConfig.from_dict(config["model"]))
     except (TypeError, KeyError, ValueError) as err:

@@ -22,12 +22,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from . import codec
+from .baselines import reference_bpd
 from .checkpoint import atomic_write, current_umask, fingerprint, load_run, load_weights, weight_files
 from .data import DataError, as_images, image_array, read_image_folder
 
 DEFAULT_STEPS = 100
 DEFAULT_LANES = 64
-COMPARE_MAX = 5000  # images: classical codecs printed beside the result only when that is cheap
 
 
 def add_compress_parser(sub) -> None:
@@ -284,14 +284,8 @@ def run_compress(args) -> int:
         model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json), ramp=args.ramp
     )
     atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
-    if len(images) <= COMPARE_MAX:  # a reference point: classical lossless files of the same images
-        from .baselines import available_codecs
-        from .baselines import compare as compare_codecs
-
-        names = [c for c in ("png", "jpegxl") if c in available_codecs()]
-        if names:
-            table = compare_codecs(images, codecs=names, progress=False)
-            stats["classical_bpd"] = {name: round(table[name]["bpd"], 4) for name in names}
+    if reference := reference_bpd(images):  # classical lossless files of the same images
+        stats["classical_bpd"] = reference
     if args.json:
         print(json.dumps(stats))
     else:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .baselines import reference_bpd
 from .checkpoint import atomic_write, load_run
 from .data import ImageSet, has_own_splits, load, resolve_spec
 from .evaluate import per_image_bpd, summarize
@@ -49,9 +50,6 @@ def check_matches(model, data: ImageSet) -> None:
         )
 
 
-COMPARE_MAX = 5000  # images: classical codecs beside the bound only when that is cheap
-
-
 def evaluate_run(
     run,
     data_spec=None,
@@ -66,8 +64,9 @@ def evaluate_run(
     compare_codecs=False,
 ) -> dict:
     """The bound of a run on data (with ``compare_codecs``, PNG and JPEG-XL lossless on the
-    same images when there are at most COMPARE_MAX). Default split: the run's own data → its held-out test
-    split; a named dataset → its test split; any other folder or array → all of it."""
+    same images when that is cheap: ``baselines.reference_bpd``). Default split: the run's
+    own data → its held-out test split; a named dataset → its test split; any other folder
+    or array → all of it."""
     model, cfg = load_run(run, ema=ema, device=device)
     own = cfg["data"]["spec"]
     spec = data_spec or own
@@ -86,13 +85,8 @@ def evaluate_run(
     out = summarize(per_image)
     out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
     out.update(model=model.config.model)
-    if compare_codecs and len(data.images) <= COMPARE_MAX:
-        from .baselines import available_codecs, compare
-
-        names = [c for c in ("png", "jpegxl") if c in available_codecs()]
-        if names:
-            codecs = compare(data.images, codecs=names, progress=False)
-            out["classical_bpd"] = {name: round(codecs[name]["bpd"], 4) for name in names}
+    if compare_codecs and (reference := reference_bpd(data.images)):
+        out["classical_bpd"] = reference
     return out
 
 

@@ -417,7 +417,7 @@ class Lifting(DiscreteMap):
 
     def noise_levels(self, eps):
         # The orthonormal Haar map has the same level shapes: iid noise per level.
-        return Haar(self.levels).forward(eps)
+        return octave_analysis(eps, self.levels, haar_analysis)
 
 
 MAPS = {

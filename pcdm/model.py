@@ -441,13 +441,12 @@ class PCDM(nn.Module):
         return mean, std
 
     def decode_pixels(self, z0: Tensor) -> Tensor:
-        """argmax of p(x | z₀): the nearest pixel value to z₀/α₀."""
-        alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device, dtype=z0.dtype)))
-        K = self.config.K
-        return torch.clamp(torch.round((z0 / alpha_0 + 1) * K / 2 - 0.5), 0, K - 1).to(torch.uint8)
+        """argmax of p(x | z₀): the nearest pixel value to z₀/α₀, uint8."""
+        return self.decode_level(None, z0).to(torch.uint8)
 
-    def decode_level(self, k: int, z0: Tensor) -> Tensor:
-        """argmax of a discrete level's decoder: the nearest value of its range, int64."""
+    def decode_level(self, k: int | None, z0: Tensor) -> Tensor:
+        """argmax of the decoder of discrete level k (k = None: of the image): the nearest
+        value of its range, int64."""
         alpha_0, _ = alpha_sigma(self.schedule(torch.zeros((), device=z0.device, dtype=z0.dtype)))
         lo, hi = self.value_range(k)
         v = torch.round(z0 / alpha_0 * self.config.K / 2 + (lo + hi).to(z0.dtype) / 2)

@@ -32,7 +32,15 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import dist
-from .checkpoint import RunError, atomic_write, load_tensors, read_config, save_tensors, write_json
+from .checkpoint import (
+    RunError,
+    atomic_write,
+    latest_checkpoint,
+    load_tensors,
+    read_config,
+    save_tensors,
+    write_json,
+)
 from .commands import save_grid
 from .data import load, resolve_spec
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
@@ -176,12 +184,6 @@ def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: in
         shutil.rmtree(old, ignore_errors=True)
     for stale in ckdir.glob(".tmp_step_*"):  # left by a crash mid-checkpoint
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    ckpts = sorted((run / "ckpt").glob("step_*"))
-    complete = [c for c in ckpts if (c / "state.json").is_file()]
-    return complete[-1] if complete else None
 
 
 # --- the loop ------------------------------------------------------------------------
