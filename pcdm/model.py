@@ -26,23 +26,17 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .maps import HierarchicalMap, build_map, check_divisible
+from . import registry
+from .maps import HierarchicalMap, check_divisible
 from .schedules import alpha_sigma, build_schedule
 from .unet import UNet, fourier_features
-
-MODEL_MAPS = {
-    "vdm": "identity",
-    "c-vdm": "cascade",
-    "lp-pcdm": "lp",
-    "w-pcdm": "haar",
-    "lift-pcdm": "lift",
-}
 
 
 @dataclass
 class ModelConfig:
-    model: str = "w-pcdm"  # vdm | c-vdm | lp-pcdm | w-pcdm | lift-pcdm
-    levels: int = 2  # S (forced to 1 for vdm)
+    model: str = "w-pcdm"  # a name in pcdm.registry: vdm | c-vdm | lp-pcdm | w-pcdm | lift-pcdm | …
+    levels: int = 2  # S (fixed by the model for vdm: 1)
+    wavelet: str | None = None  # w-pcdm's orthogonal wavelet (None: haar); other models take none
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the original image
     K: int = 256  # number of pixel values
     width: int = 32  # U-Net width of the base level
@@ -57,8 +51,7 @@ class ModelConfig:
     gamma_max: float = 5.0  # γ(1) at initialisation
 
     def __post_init__(self):
-        if self.model not in MODEL_MAPS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_MAPS)}")
+        spec = registry.get(self.model)
         self.image_shape = tuple(int(v) for v in self.image_shape)
         if self.gamma_min is None:
             # VDM's −13.3 is for K = 256; keep σ₀ the same fraction of the bin width 2/K.
@@ -69,20 +62,35 @@ class ModelConfig:
             self.fourier = (c - 1, c + 1)
         if self.fourier is not None:
             self.fourier = tuple(self.fourier)
-        if self.model == "vdm":
-            self.levels = 1
+        if spec.levels is not None:
+            self.levels = spec.levels
+        if "wavelet" in spec.options:
+            self.wavelet = self.wavelet or "haar"  # runs from before --wavelet were Haar
+        elif self.wavelet is not None:
+            raise ValueError(f"--wavelet applies to w-pcdm; model {self.model!r} has no wavelet")
         if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3):
             raise ValueError(f"image_shape must be (C, H, W) with C in {{1, 3}}, got {self.image_shape}")
         if not 2 <= self.K <= 256:
             raise ValueError(f"K (number of pixel values) must be in 2..256, got {self.K}")
         check_divisible(self.image_shape, self.levels)
+        self.build_map()  # refuse a bad map option (e.g. a non-orthogonal wavelet) here
+
+    def build_map(self) -> HierarchicalMap:
+        """The model's hierarchical map, from the registry."""
+        return registry.build_model_map(self.model, self.levels, wavelet=self.wavelet)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What config.json (and the codec fingerprint) hold; ``wavelet`` only for models
+        that take one, so the configs of the other models are as before."""
+        d = asdict(self)
+        if d["wavelet"] is None:
+            del d["wavelet"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """The config saved in a run. Runs from before lattice features had none."""
+        """The config saved in a run. Runs from before lattice features had none; runs
+        from before ``wavelet`` were Haar (``__post_init__`` fills it in)."""
         return cls(**{"lattice_features": False, **d})
 
 
@@ -159,7 +167,7 @@ class PCDM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.map: HierarchicalMap = build_map(MODEL_MAPS[config.model], config.levels)
+        self.map: HierarchicalMap = config.build_map()
         self.schedule = build_schedule(config.schedule, config.gamma_min, config.gamma_max)
         chw = config.image_shape
         self.level_shapes = self.map.level_shapes(chw)
@@ -488,10 +496,8 @@ class PCDM(nn.Module):
 
     def preview(self, zs: list[Tensor]) -> Tensor:
         """uint8 image at the resolution of the finished levels ``zs`` (coarse first) of a
-        volume-preserving map."""
-        # Haar LL / LP octave: each step of D multiplies block means by 2.
-        octaves = len(self.level_shapes) - len(zs)
-        return self.decode_pixels(self.map.inverse(zs) / 2**octaves)
+        continuous map."""
+        return self.decode_pixels(self.map.preview(zs))
 
 
 def _shift(fourier, octaves):

@@ -7,7 +7,7 @@ weight decay 0.01, β = (0.9, 0.99), EMA 0.9999, batch 128, no downsampling in t
 
 from __future__ import annotations
 
-from .model import MODEL_MAPS
+from . import registry
 
 # dataset → (image shape, levels, base width, detail width, depth, dropout, train steps)
 _PAPER = {
@@ -26,8 +26,6 @@ PAPER_PARAMS = {
 
 PAPER_TRAIN = dict(lr=2e-4, weight_decay=0.01, beta2=0.99, ema=0.9999, batch=128, warmup=1000, grad_clip=1.0)
 
-MODELS = tuple(MODEL_MAPS)  # vdm, c-vdm, lp-pcdm, w-pcdm, lift-pcdm
-
 
 def _paper_preset(dataset: str, model: str) -> dict:
     shape, levels, width, detail, depth, dropout, steps = _PAPER[dataset]
@@ -40,15 +38,18 @@ def _paper_preset(dataset: str, model: str) -> dict:
         attention=True,
         dropout=dropout,
     )
-    if model == "vdm":  # the single-scale baseline keeps the base width at full resolution
+    fixed = registry.get(model).levels
+    if fixed == 1:  # a single-scale model (vdm) keeps the base width at full resolution
         m.update(levels=1, detail_width=None)
     else:
         m.update(detail_width=detail)
     return {"model": m, "train": dict(PAPER_TRAIN, steps=steps)}
 
 
+# Paper presets "DATASET-MODEL" for the built-in models (models registered later get theirs
+# from get_preset).
 PRESETS: dict[str, dict] = {
-    f"{dataset}-{model}": _paper_preset(dataset, model) for dataset in _PAPER for model in MODELS
+    f"{dataset}-{model}": _paper_preset(dataset, model) for dataset in _PAPER for model in registry.names()
 }
 # Small CPU model (~0.2–0.4 M parameters): a useful Fashion-MNIST model in minutes.
 PRESETS["small"] = {
@@ -62,6 +63,10 @@ PRESETS["tiny"] = {  # for tests and smoke runs
 
 
 def get_preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    for dataset in _PAPER:
+        model = name.removeprefix(f"{dataset}-")
+        if model != name and model in registry.names():
+            return _paper_preset(dataset, model)
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import dist
+from . import dist, registry
 from .checkpoint import (
     RunError,
     atomic_write,
@@ -44,7 +44,7 @@ from .checkpoint import (
 from .commands import save_grid
 from .data import load, resolve_spec
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
-from .presets import MODELS, get_preset
+from .presets import get_preset
 
 
 @dataclass
@@ -404,7 +404,18 @@ def _tensorboard(run: Path):
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on a dataset", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=MODELS, help="model family (default w-pcdm)")
+    p.add_argument(
+        "--model",
+        choices=registry.names(),
+        help="model family (default w-pcdm): "
+        + "; ".join(f"{s.name}: {s.summary}" for s in map(registry.get, registry.names())),
+    )
+    p.add_argument(
+        "--wavelet",
+        metavar="NAME",
+        help="w-pcdm only: any orthogonal PyWavelets wavelet, periodized (default haar; e.g. db4, sym8, "
+        "coif2); biorthogonal wavelets are refused, their likelihood would not be exact",
+    )
     p.add_argument(
         "--data", help="dataset name, name:root, image folder or .npy/.npz (default fashion-mnist)"
     )
@@ -464,7 +475,7 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
     m.setdefault("model", "w-pcdm")
     if args.levels is not None:
         m["levels"] = args.levels
-    for key in ("width", "detail_width", "depth", "dropout", "schedule"):
+    for key in ("wavelet", "width", "detail_width", "depth", "dropout", "schedule"):
         if getattr(args, key) is not None:
             m[key] = getattr(args, key)
     if args.no_attention:

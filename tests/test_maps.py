@@ -138,7 +138,7 @@ def test_cascade_levels_are_subsamples():
     torch.testing.assert_close(cs[1], x[..., 0::2, 0::2], atol=0, rtol=0)
     torch.testing.assert_close(cs[2], x, atol=0, rtol=0)
     torch.testing.assert_close(m.inverse(cs), x, atol=0, rtol=0)
-    assert not m.volume_preserving
+    assert not m.exact
     assert sum(m.dims((3, 8, 8))) > 3 * 8 * 8  # Σ dₛ > d: not volume-preserving
 
 
