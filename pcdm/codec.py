@@ -26,12 +26,21 @@ coordinates for the lp detail levels (so exactly d continuous numbers per image)
 Grid: latent variable z_{tᵢ} (shared by all levels) lives on the lattice δᵢ ℤ with
 δᵢ = 2^⌊log₂(2^−GRID_BITS · min(std it is popped with, std it is pushed with))⌋; a
 power of two so j·δ is exact. Each op codes the integer j − round(μ/δ) with a quantised
-Gaussian of mean offset (rounded to 2^−12 bin, for robustness) and std σ/δ. Pops use the
-support ±⌈10 σ/δ⌉; pushes under the model use ±2^e with e chosen from the data
-(minimum ±10 σ/δ) and coded first with a uniform model, so a poor model costs bits but
-never fails. All chain inputs are the quantised values, so the decoder sees exactly what
-the encoder saw; network calls run single-threaded (torch thread count restored after)
-so their outputs do not depend on the caller's thread count.
+Gaussian of mean offset (rounded to 2^−12 bin, for robustness) and std
+√((σ/δ)² − 1/12) (Sheppard's correction: a bin's mass is the density integrated over the
+bin, which adds δ²/12 of variance). Pops from q use the support ±⌈5 σ/δ⌉; pushes under the
+model ±⌈7 σ/δ⌉, doubled w times where a latent lies further out, with w = 0 coded at
+probability 1 − 2^−16 (≈ 2·10⁻⁵ bits), so a poor model costs bits but never fails.
+
+Per-step overhead (``benchmarks/codec_overhead.py``: an exact model, where the ideal net
+code length is known): version 2 spent ≈ 1.1·10⁻⁴ bits per latent and step with 64-lane
+batches and ≈ 5·10⁻³ with one-lane ramp batches — mostly a uniformly coded 4-bit support
+exponent per push (4 bits / latents in the batch), then the unexpected δ²/12 variance
+(≈ (δ/σ)²/24 nats per latent and step) and the 2^−24 probability floor of every bin of a
+±10σ support (24-bit probabilities). Now: ≈ 5·10⁻⁶ bits per latent and step. All chain
+inputs are the quantised values, so the decoder sees exactly what the encoder saw; network
+calls run single-threaded (torch thread count restored after) so their outputs do not
+depend on the caller's thread count.
 
 Clean bits: ANS hands a pop the quantiles of the symbols pushed last; where the model
 fits the pushed data imperfectly those are not uniform, the popped latents are then not
@@ -92,12 +101,15 @@ from .maps import haar_analysis, haar_synthesis
 from .model import PCDM
 
 MAGIC = b"PCDM"
-VERSION = 2  # 2: counter-based reservoir words (version 1 generated them sequentially)
+VERSION = 3  # 3: escape-coded supports, Sheppard-corrected stds, 2^-3 grid (2: 4-bit support exponents)
 KIND_NPY, KIND_FOLDER = 0, 1
-GRID_BITS = 4  # bin width = 2^-4 × the smallest std a variable is coded with (floor to 2^k)
+GRID_BITS = 3  # bin width = 2^-3 × the smallest std a variable is coded with (floor to 2^k)
 MEAN_QUANT = 2.0**-12  # mean offsets rounded to this fraction of a bin
-POP_STDS = 10.0  # support of a pop: ±10 std
-MAX_EXP = 22  # pushes: support at most ±2^22 bins (constriction needs < 2^24 symbols)
+POP_STDS = 5.0  # support of a pop from q: ±5 std (bins beyond hold < 2^−24 each anyway)
+PUSH_STDS = 7.0  # default support of a push under p: ±7 std (≥ POP_STDS + a margin), wider on escape
+ESCAPE = 2.0**-16  # probability given to "this push needs a wider support"
+MAX_SUPPORT = 1 << 22  # ±2^22 bins at most (constriction needs < 2^24 symbols)
+WORK_PER_BIT = 64  # a decoder runs at most this many batch chain steps per payload bit
 RESERVOIR_SEED = 0x50434D44
 WHITEN_SEED = 0x57484954
 PIXEL_CHUNK = 8192  # rows of the categorical pixel model per constriction call
@@ -176,6 +188,19 @@ def _centre(mean: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return centre.astype(np.int64), off
 
 
+def _bins(std: float, delta: float, shape) -> np.ndarray:
+    """The std handed to the quantised Gaussian, in bins, with Sheppard's correction.
+
+    A bin's probability is the Gaussian's mass over the bin, so the lattice variable has
+    variance σ² + δ²/12 (the density convolved with a width-δ box). Coding with
+    σ'² = σ² − δ²/12 makes the lattice distribution match N(μ, σ²) in mean and variance:
+    samples popped from q have exactly the forward process's variance, and −log of a cell
+    under p equals −log(density · δ) up to O((δ/σ)⁴). Without it every step adds δ²/12 of
+    noise that p does not expect, ≈ (δ/σ)²/24 nats per latent per step."""
+    sb = std / delta
+    return np.full(shape, math.sqrt(sb * sb - 1.0 / 12.0))
+
+
 def _pop_support(std_bins: float) -> int:
     return int(math.ceil(POP_STDS * std_bins)) + 1
 
@@ -204,12 +229,12 @@ def _whiten(coder, m: int, tag: tuple[int, ...], guard: _Guard | None, undo: boo
 
 
 def pop_q(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard, tag) -> np.ndarray:
-    """Sample j ~ q on δℤ by popping (fixed ±10σ support), from whitened bits."""
+    """Sample j ~ q on δℤ by popping (fixed ±POP_STDS σ support), from whitened bits."""
     centre, off = _centre(mean, delta)
     sb = std / delta
     R = _pop_support(sb)
     _whiten(coder, _whiten_chunks(off.size, sb), tag, guard, undo=False)
-    sym = coder.decode(_QG(-R, R), off, np.full(off.shape, sb))
+    sym = coder.decode(_QG(-R, R), off, _bins(std, delta, off.shape))
     guard.after_pop(coder)
     return centre + sym.astype(np.int64)
 
@@ -222,44 +247,57 @@ def push_q(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float, tag
     sym = j - centre
     if np.abs(sym).max(initial=0) > R:
         raise CodecError("corrupt stream: a latent lies outside its posterior's support")
-    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, np.full(off.shape, sb))
+    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, _bins(std, delta, off.shape))
     _whiten(coder, _whiten_chunks(off.size, sb), tag, None, undo=True)
 
 
-def _min_exp(sb: float) -> int:
-    e0 = max(1, int(math.ceil(math.log2(POP_STDS * sb + 2))))
-    if e0 >= MAX_EXP:
+def _push_base(sb: float) -> tuple[int, int]:
+    """Default support ±R₀ (R₀ = ⌈PUSH_STDS σ⌉ + 1 bins) of a push under p, and how many
+    doublings of it (1 … n_wide) an escape may ask for."""
+    r0 = int(math.ceil(PUSH_STDS * sb)) + 1
+    if r0 > MAX_SUPPORT:
         raise CodecError("the T-step grid is too fine for the entropy coder; use fewer steps")
-    return e0
+    return r0, (MAX_SUPPORT // r0).bit_length() - 1
+
+
+def _escape_model():
+    return _CAT, np.array([[1.0 - ESCAPE, ESCAPE]])
 
 
 def push_p(coder, j: np.ndarray, mean: np.ndarray, std: float, delta: float) -> None:
-    """Code j with the model's Gaussian; support ±2^e, e coded first (popped first)."""
+    """Code j with the model's Gaussian on the support ±R₀ 2^w, then w (popped first).
+
+    w = 0 (no latent beyond ±R₀) is coded with probability 1 − ESCAPE, so the side
+    information costs ≈ 2·10⁻⁵ bits per push instead of a few bits (a few bits per batch and
+    step were 0.25 bits per pixel at T = 1000 with small batches). A poor model costs
+    ≈ 17 + log₂ n_wide bits per push where it needs a wider support, and never fails."""
     centre, off = _centre(mean, delta)
     sb = std / delta
+    r0, n_wide = _push_base(sb)
     sym = j - centre
-    e0 = _min_exp(sb)
     far = int(np.abs(sym).max(initial=0))
-    e = max(e0, int(far).bit_length())
-    if e > MAX_EXP:
+    w = 0 if far <= r0 else (-(-far // r0) - 1).bit_length()
+    if w > n_wide:
         raise CodecError(
             "a latent lies too far from the model's prediction to be coded; is the model "
             "trained on data like this?"
         )
-    R = 1 << e
-    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, np.full(off.shape, sb))
-    _encode(coder, np.array([e - e0], dtype=np.int32), _UNIFORM(MAX_EXP + 1 - e0 + 1))
+    R = r0 << w
+    _encode(coder, sym.astype(np.int32), _QG(-R, R), off, _bins(std, delta, off.shape))
+    if w:
+        _encode(coder, np.array([w - 1], dtype=np.int32), _UNIFORM(n_wide))
+    _encode(coder, np.array([int(w > 0)], dtype=np.int32), *_escape_model())
 
 
 def pop_p(coder, mean: np.ndarray, std: float, delta: float, guard: _Guard) -> np.ndarray:
     centre, off = _centre(mean, delta)
     sb = std / delta
-    e0 = _min_exp(sb)
-    e = e0 + int(coder.decode(_UNIFORM(MAX_EXP + 1 - e0 + 1), 1)[0])
-    if e > MAX_EXP:
-        raise CodecError("corrupt stream: invalid support size")
-    R = 1 << e
-    sym = coder.decode(_QG(-R, R), off, np.full(off.shape, sb))
+    r0, n_wide = _push_base(sb)
+    w = int(coder.decode(*_escape_model())[0])
+    if w:
+        w = 1 + int(coder.decode(_UNIFORM(n_wide), 1)[0])
+    R = r0 << w
+    sym = coder.decode(_QG(-R, R), off, _bins(std, delta, off.shape))
     guard.after_pop(coder)
     return centre + sym.astype(np.int64)
 

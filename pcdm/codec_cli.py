@@ -191,9 +191,10 @@ def decompress(model, blob: bytes, preview_level: int | None = None, progress: b
     S = len(model.level_shapes)
     bits = 32 * len(words)
     # (The image count is checked first: it bounds the size of the batch layout.)
-    if bits < h.N or bits < h.T * S * len(codec.batch_layout(h.N, h.B, h.ramp)):
-        # Every image and every chain step of a batch costs bits (the support exponent
-        # alone is several): a payload this small cannot hold what the header claims.
+    if bits < h.N or codec.WORK_PER_BIT * bits < h.T * S * len(codec.batch_layout(h.N, h.B, h.ramp)):
+        # Every image costs bits, and the decoder does at most WORK_PER_BIT chain steps of a
+        # batch per payload bit (a valid stream pays more than that: its initial bits alone
+        # are ≥ 64): a payload this small cannot hold what the header claims.
         raise codec.CodecError("corrupt .pcdm file: payload too small for its header")
     if preview_level is not None and not 1 <= preview_level <= S:
         raise codec.CodecError(f"--preview-level must be in 1..{S} for this model")
