@@ -1,24 +1,22 @@
-"""OOD benchmark (paper §6.2, Table 2) on a CPU budget, through the real CLI.
+"""OOD benchmark: which scores separate Fashion-MNIST from sets that need no download, for
+multi-scale models (w-pcdm, lp-pcdm) and a single-scale vdm trained at equal budget.
 
-Trains a W-PCDM on Fashion-MNIST with ``pcdm train`` (or reuses ``--run``), then runs
-``pcdm ood`` against uniform noise, constant images and real data sets that need no
-download (scikit-image photo patches and scikit-learn digits, both adapted to 28×28 gray
-with K = 256 by ``pcdm ood``), and writes a Markdown table of the AUROC of the
-typicality statistic |NLL − Ĥ| and of the raw NLL to ``benchmarks/results/ood.md``.
+Each model is scored by the real CLI (``pcdm ood RUN --json``): one evaluation pass per
+image gives every score of ``pcdm.ood.scores``; the table reports the AUROC of each score
+against each OOD set, and ``benchmarks/results/ood.md`` / ``ood.json`` keep them.
 
-    python benchmarks/ood.py                       # train 20 min, then ~5 min of scoring
-    python benchmarks/ood.py --run runs/fmnist     # reuse a trained run
-    python benchmarks/ood.py --minutes 1 --limit 20 --n-t 2   # smoke test
+    python benchmarks/ood.py                                   # the ablation's 12-minute runs
+    python benchmarks/ood.py --run w-pcdm=runs/w --run vdm=runs/v
+    python benchmarks/ood.py --train-minutes 12                # train missing runs first
+    python benchmarks/ood.py --limit 50 --n-t 1 --sets const   # smoke test
 
-Budget: ≤ 30 minutes on 2 CPU cores with the defaults (20 min training + scoring of
-(4 OOD sets + negatives + Ĥ) × limit images × N bound draws).
+Budget: about 5 min of scoring per model on one core with the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -29,228 +27,164 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PCDM = [sys.executable, "-m", "pcdm.cli"]
-# The paper's W-PCDM row (CIFAR-10 model; SVHN is its real OOD set).
-PAPER = {"const": 1.0, "uniform": 1.0, "real": 0.74}
+ABLATION = ROOT / "benchmarks/work/ablation/fashion-mnist"
+DEFAULT_RUNS = {name: ABLATION / name for name in ("w-pcdm", "lp-pcdm", "vdm")}
+SETS = ("mnist-like", "digits", "const", "uniform", "gaussian", "skimage32", "hflip", "vflip", "invert")
+# Scores that read the levels: what a single-scale model cannot compute (or, for joint,
+# computes from fewer parts).
+SCALE_PREFIXES = ("level", "detail", "typ:level", "typ:detail", "joint")
+SUMMARY = ("nll", "typ:nll", "nll-L", "typ:nll-L", "typ:L", "detail-level1", "typ:detail", "joint")
 
 
 def sh(cmd: list[str]) -> str:
-    """The command as a user would type it (``pcdm`` for ``python -m pcdm.cli``)."""
     return shlex.join(cmd).replace(shlex.join(PCDM), "pcdm")
 
 
-def call(cmd: list[str], capture: bool = False) -> tuple[str, float]:
+def call(cmd: list[str]) -> str:
     print(f"$ {sh(cmd)}", file=sys.stderr, flush=True)
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None)
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE)
     if proc.returncode != 0:
         sys.exit(f"benchmarks/ood.py: command failed (exit {proc.returncode}): {sh(cmd)}")
-    return proc.stdout or "", time.time() - start
+    return proc.stdout
 
 
-def has_train_command() -> bool:
-    proc = subprocess.run([*PCDM, "train", "--help"], cwd=ROOT, capture_output=True, text=True)
-    return proc.returncode == 0
+def is_scale_score(name: str) -> bool:
+    return name.startswith(SCALE_PREFIXES)
 
 
-def describe_run(run: Path) -> str:
-    """What is known about the run's training, from its config.json and metrics.jsonl."""
-    parts = []
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return "unknown (no readable config.json)"
-    m = config.get("model", {})
-    parts.append(
-        f"{m.get('model')} levels={m.get('levels')} width={m.get('width')} "
-        f"depth={m.get('depth')} shape={m.get('image_shape')} K={m.get('K')}"
+def describe(run: Path) -> str:
+    config = json.loads((run / "config.json").read_text())
+    m, t = config["model"], config.get("train", {})
+    return (
+        f"{m['model']} levels={m['levels']} width={m['width']} depth={m['depth']}, "
+        f"{t.get('steps')} steps of batch {t.get('batch')}"
     )
-    train = config.get("train")
-    if isinstance(train, dict):
-        keep = ("preset", "steps", "minutes", "batch", "lr", "ema")
-        parts.append(", ".join(f"{k}={train[k]}" for k in keep if k in train))
-    metrics = run / "metrics.jsonl"
-    if metrics.is_file():
-        lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-        if lines:
-            try:
-                last = json.loads(lines[-1])
-                keys = [k for k in ("step", "bpd", "loss", "elapsed_s") if k in last]
-                parts.append("last log: " + ", ".join(f"{k}={last[k]}" for k in keys))
-            except ValueError:
-                pass
-    return "; ".join(p for p in parts if p)
 
 
-def choose_weights(run: Path, choice: str) -> tuple[bool, str]:
-    """(use EMA?, reason). ``auto`` skips an EMA that still holds > 1 % of the initial
-    weights (EMA without warm-up: the initial weights keep a share ema**steps)."""
-    if choice != "auto":
-        return choice == "ema", f"{choice} weights (requested)"
-    try:
-        ema = float(json.loads((run / "config.json").read_text())["train"]["ema"])
-        lines = [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        steps = int(json.loads(lines[-1])["step"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return True, "EMA weights (training length unknown)"
-    share = ema**steps
-    if share > 0.01:
-        return False, (
-            f"raw weights: after {steps} steps an EMA of decay {ema} still holds "
-            f"{100 * share:.0f} % of the initial weights"
+def best_scale(res: dict, ood_set: str) -> tuple[str, float]:
+    scale = {s: v[ood_set] for s, v in res["scores"].items() if is_scale_score(s)}
+    if not scale:
+        return "—", float("nan")
+    name = max(scale, key=scale.get)
+    return name, scale[name]
+
+
+def markdown(info: dict, results: dict[str, dict]) -> str:
+    sets = info["sets"]
+    lines = [
+        "# OOD detection: which scores separate Fashion-MNIST from what",
+        "",
+        f"Generated {info['date']} by `{info['command']}` on {info['machine']} "
+        f"({info['minutes']:.1f} min of scoring).",
+        "",
+        "In-distribution: Fashion-MNIST test images (the first as negatives, the last 1000 as the "
+        "held-out reference: Ĥ, every score's mean and the joint score's scales are fitted there "
+        "and nowhere else; nothing is fitted on OOD images). AUROC of `score > threshold ⇒ OOD` "
+        f"with equal counts per class; N = {info['n_t']} draws of the bound per image.",
+        "",
+        "Models:",
+    ]
+    for name, res in results.items():
+        lines.append(f"- **{name}**: `{res['run']}`: {res['described']}")
+    lines += ["", "## Summary", ""]
+    header = "| model | score | " + " | ".join(sets) + " |"
+    lines += [header, "|---|---|" + "---:|" * len(sets)]
+    for name, res in results.items():
+        for s in SUMMARY:
+            if s not in res["scores"]:
+                continue
+            cells = " | ".join(f"{res['scores'][s][o]:.3f}" for o in sets)
+            lines.append(f"| {name} | {s} | {cells} |")
+        best = [best_scale(res, o) for o in sets]
+        lines.append(
+            f"| {name} | *best scale-based* | " + " | ".join(f"{v:.3f} ({s})" for s, v in best) + " |"
         )
-    return True, f"EMA weights (decay {ema}, {steps} steps)"
-
-
-def verdict(name: str, res: dict) -> str:
-    """One line: did this set reach AUROC 1.0, and if not, where its NLLs fall."""
-    a, raw, h = res["auroc"][name], res["auroc_raw_nll"][name], res["entropy_bpd"]
-    mean, std = res["mean_bpd"][name], res["std_bpd"][name]
-    in_mean, in_std = res["mean_bpd"]["in"], res["std_bpd"]["in"]
-    if a >= 0.9995:
-        return (
-            f"**{name}: reached** AUROC {a:.4f} (NLL {mean:.3f} ± {std:.3f} bpd vs "
-            f"in-distribution {in_mean:.3f} ± {in_std:.3f}, Ĥ = {h:.3f})."
+    lines += ["", "## The target: Fashion-MNIST vs MNIST-like digits", ""]
+    for name, res in results.items():
+        if "mnist-like" not in sets:
+            break
+        s, v = best_scale(res, "mnist-like")
+        if s == "—":
+            typ = res["scores"]["typ:nll"]["mnist-like"]
+            lines.append(f"- {name}: one level, no scale-based score; typ:nll {typ:.3f}.")
+            continue
+        others = ", ".join(f"{o} {res['scores'][s][o]:.3f}" for o in ("uniform", "const") if o in sets)
+        lines.append(
+            f"- {name}: best scale-based score `{s}` AUROC {v:.3f} "
+            f"({'meets' if v >= 0.95 else 'misses'} 0.95); the same score on {others}; "
+            f"typicality (typ:nll) {res['scores']['typ:nll']['mnist-like']:.3f}, raw nll "
+            f"{res['scores']['nll']['mnist-like']:.3f}, complexity alone (typ:L, no model) "
+            f"{res['scores']['typ:L']['mnist-like']:.3f}."
         )
-    side = "below" if mean < h else "above"
-    why = (
-        f"its NLL {mean:.3f} ± {std:.3f} bpd lies {abs(mean - h):.3f} bpd {side} Ĥ = {h:.3f}, "
-        f"while in-distribution NLLs spread {in_mean:.3f} ± {in_std:.3f} bpd, so at M = 1 the "
-        "tails overlap"
-    )
-    if mean < h:
-        why += "; these images are *more* likely than typical data (raw NLL cannot flag them)"
-    why += (
-        "; a model this small and this briefly trained has not yet pushed unseen structure "
-        "far enough from Ĥ (the paper's model is ~100× larger and trained ~2 M steps)"
-    )
-    return f"**{name}: not reached** (typicality {a:.4f}, raw NLL {raw:.4f}): {why}."
+    lines += ["", "## OOD sets", ""]
+    first = next(iter(results.values()))
+    for o in sets:
+        notes = "; ".join(first["adapted"].get(o, [])) or "as is"
+        lines.append(f"- `{o}`: {first['n'][o]} per class; {notes}")
+    lines += ["", "## Every score", ""]
+    for name, res in results.items():
+        lines += [f"### {name}", "", "| score | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+        lines.append("| mean nll (bpd) | " + " | ".join(f"{res['mean_bpd'][o]:.3f}" for o in sets) + " |")
+        for s, v in res["scores"].items():
+            lines.append(f"| {s} | " + " | ".join(f"{v[o]:.3f}" for o in sets) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, info: dict, res: dict) -> None:
-    h = res["entropy_bpd"]
-    in_bpd = res["mean_bpd"]["in"]
-    rows = []
-    for name, a in res["auroc"].items():
-        paper = PAPER.get(name, PAPER["real"])
-        note = "" if name in PAPER else " (paper: SVHN vs CIFAR-10)"
-        rows.append(
-            f"| {name} | {res['n'][name]} | {res['mean_bpd'][name]:.3f} | **{a:.4f}** | "
-            f"{res['auroc_raw_nll'][name]:.4f} | {paper:.2f}{note} | "
-            f"{'; '.join(res['adapted'].get(name, [])) or '—'} |"
-        )
-    verdicts = [verdict(n, res) for n in ("uniform", "const") if n in res["auroc"]]
-    cached = ", read from the run's cache" if res["entropy_cached"] else ""
-    text = f"""# OOD detection benchmark (paper §6.2, Table 2)
-
-Generated {info["date"]} by `{info["command"]}` on {info["machine"]}.
-{info["note"]}
-- Model: {info["model"]}
-- Run folder: `{info["run"]}`{info["trained"]}
-- Scored with the {info["weights"]}
-- Scoring: `{info["ood_command"]}` — {info["ood_s"]:.0f} s
-- Total wall time: {info["total_s"] / 60:.1f} min (budget ≤ 30 min on 2 CPU cores)
-
-In-distribution: {res["in"]} ({res["n_in"]} test images as negatives), mean NLL
-{in_bpd:.4f} bpd. Ĥ = {h:.4f} bpd over {res["entropy_n"]} *other* test images (the last
-ones of the test split, never used as negatives{cached}).
-Statistic |NLL(x) − Ĥ| with M = 1 and N = {info["n_t"]} Monte-Carlo draws of the
-continuous-time bound; equal counts of negatives and positives per OOD set.
-
-| OOD set | n per class | mean NLL (bpd) | AUROC \\|NLL − Ĥ\\| | AUROC raw NLL | paper W-PCDM | adaptation |
-|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-## Do we reach the paper's AUROC 1.0 against uniform and constant images?
-
-{chr(10).join("- " + v for v in verdicts)}
-
-## How this differs from the paper
-- Paper: CIFAR-10 (32×32 RGB), a 35–42 M-parameter W-PCDM trained ~2 M steps on GPUs.
-  Here: Fashion-MNIST (28×28 gray), the small CPU preset trained for minutes. The
-  const/uniform sets follow the paper's definitions at K = 256 on the model's shape.
-- The paper's real OOD set is SVHN (needs a download). Here the real OOD sets ship with
-  installed packages: `skimage32` (photo patches, RGB→gray by luma, 32×32 → 28×28 Lanczos)
-  and `digits` (8×8, 17 levels → 28×28, requantised to 256 levels).
-- The raw-NLL column shows why typicality is needed: a likelihood model can rate some
-  outliers (typically smooth or constant images) as *more* likely than its training data,
-  giving raw-NLL AUROC near 0 for them.
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--run", type=Path, help="reuse this trained run folder (skip training)")
-    p.add_argument(
-        "--out-run",
-        type=Path,
-        default=ROOT / "runs" / "ood-fashion-mnist",
-        help="where to train when --run is not given",
-    )
-    p.add_argument("--minutes", type=float, default=20.0, help="training budget")
-    p.add_argument("--train-extra", default="", help="extra arguments for pcdm train (quoted)")
-    p.add_argument("--data", default="fashion-mnist", help="in-distribution DATA")
-    p.add_argument(
-        "--ood", action="append", default=None, help="OOD sets (default: uniform, const, skimage32, digits)"
-    )
-    p.add_argument("--n-t", type=int, default=20, help="bound draws per image (paper: 20)")
-    p.add_argument("--limit", type=int, default=300, help="images per set")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument(
-        "--weights",
-        choices=["auto", "ema", "raw"],
-        default="auto",
-        help="auto: EMA unless it is still dominated by the initial weights",
-    )
-    p.add_argument("--note", default="", help="a line to put under the title (e.g. why the budget)")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ood.md")
-    args = p.parse_args()  # fmt: skip
-
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", action="append", default=[], metavar="NAME=RUN", help="a model to score")
+    p.add_argument("--train-minutes", type=float, default=None, help="train missing runs this long")
+    p.add_argument("--sets", nargs="+", default=list(SETS))
+    p.add_argument("--limit", type=int, default=1000, help="images per class")
+    p.add_argument("--n-t", type=int, default=4)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ood.md")
+    args = p.parse_args(argv)
+    runs = dict(r.split("=", 1) for r in args.run) if args.run else DEFAULT_RUNS
+    runs = {k: Path(v) for k, v in runs.items()}
     start = time.time()
-    trained = ""
-    if args.run is None:
-        if not has_train_command():
-            sys.exit(
-                "benchmarks/ood.py: `pcdm train` is not available in this build; "
-                "pass --run RUN with a trained run folder"
-            )
-        run = args.out_run
-        cmd = [*PCDM, "train", "--model", "w-pcdm", "--data", args.data, "--out", str(run),
-               "--minutes", f"{args.minutes:g}", *shlex.split(args.train_extra)]  # fmt: skip
-        _, train_s = call(cmd)
-        trained = f"\n- Training: `{sh(cmd)}` — {train_s / 60:.1f} min"
-    else:
-        run = args.run
+    results = {}
+    for name, run in runs.items():
         if not (run / "config.json").is_file():
-            sys.exit(f"benchmarks/ood.py: {run} is not a run folder (no config.json)")
-    ood_sets = args.ood or ["uniform", "const", "skimage32", "digits"]
-    cmd = [*PCDM, "ood", str(run), "--in", args.data]
-    for s in ood_sets:
-        cmd += ["--ood", s]
-    cmd += ["--n-t", str(args.n_t), "--limit", str(args.limit), "--batch", str(args.batch)]
-    use_ema, weights_note = choose_weights(run, args.weights)
-    if not use_ema:
-        cmd.append("--no-ema")
-    out, ood_s = call([*cmd, "--json"], capture=True)
-    res = json.loads(out)
+            if args.train_minutes is None:
+                sys.exit(f"benchmarks/ood.py: {run} has no trained model; pass --train-minutes")
+            train = ["--data", "fashion-mnist", "--preset", "small", "--sample-steps", "0"]
+            call(
+                [
+                    *PCDM,
+                    "train",
+                    "--model",
+                    name,
+                    *train,
+                    "--minutes",
+                    str(args.train_minutes),
+                    "--out",
+                    str(run),
+                ]
+            )
+        roc = args.out.parent / f"ood_roc_{name}.png"
+        sets = [x for o in args.sets for x in ("--ood", o)]
+        cmd = [*PCDM, "ood", str(run), "--in", "fashion-mnist", *sets, "--limit", str(args.limit)]
+        cmd += ["--n-t", str(args.n_t), "--batch", "100", "--roc", str(roc), "--json"]
+        res = json.loads(call(cmd))
+        res["run"] = str(run.relative_to(ROOT) if run.is_absolute() and ROOT in run.parents else run)
+        res["described"] = describe(run)
+        res["command"] = sh(cmd)
+        results[name] = res
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/ood.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
-        "model": describe_run(run),
-        "run": str(run),
-        "trained": trained,
-        "ood_command": sh(cmd),
-        "ood_s": ood_s,
-        "weights": weights_note,
-        "total_s": time.time() - start,
+        "command": "python benchmarks/ood.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "minutes": (time.time() - start) / 60,
+        "sets": args.sets,
         "n_t": args.n_t,
-        "note": f"\n> {args.note}\n" if args.note else "",
     }
-    write_markdown(args.results, info, res)
-    print(args.results.read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(info, results))
+    args.out.with_suffix(".json").write_text(json.dumps({"info": info, "results": results}, indent=1))
+    print(args.out.read_text())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,7 @@
-"""OOD detection (SPEC §6): the typicality statistic, AUROC plumbing, built-in OOD sets,
-adaptation of foreign data, the Ĥ cache and the ``pcdm ood`` command end to end."""
+"""OOD detection (SPEC §6): the typicality statistic, the scale-aware scores on a model
+whose right answer is known, AUROC against the pairwise definition, built-in OOD sets,
+adaptation of foreign data, the reference cache, that nothing is fitted on OOD images, and
+the ``pcdm ood`` command end to end."""
 
 from __future__ import annotations
 
@@ -42,6 +44,16 @@ def test_typicality_catches_too_likely_outliers_that_raw_nll_misses():
     h = float(held_out.mean())
     assert ood.auroc(inl, out) < 0.05
     assert ood.auroc(ood.typicality(inl, h), ood.typicality(out, h)) > 0.95
+
+
+def test_auroc_is_the_pairwise_probability_with_ties_halved():
+    # Mann–Whitney: AUROC = P(out > in) + ½ P(out = in) over all pairs; integer scores tie.
+    inl, out = RNG.integers(0, 6, 70).astype(float), RNG.integers(2, 9, 50).astype(float)
+    pairs = out[:, None] - inl[None, :]
+    expected = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
+    assert ood.auroc(inl, out) == pytest.approx(expected, abs=1e-12)
+    fpr, tpr = ood.roc_curve(inl, out)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(expected, abs=1e-12)  # the curve's area
 
 
 def test_auroc_needs_both_sides():
@@ -94,6 +106,33 @@ def test_const_and_uniform_sets(shape, K):
     assert not np.array_equal(u, ood.uniform_images(50, shape, K, seed=2))
 
 
+def test_gaussian_and_paired_transform_sets():
+    g = ood.gaussian_images(400, (8, 8, 1), 256, seed=0)
+    assert g.dtype == np.uint8 and abs(g.mean() - 127.5) < 1.0 and abs(g.std() - 255 / 6) < 1.0
+    x = RNG.integers(0, 17, size=(5, 6, 4, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ood.transformed(x, "hflip", 17)[:, :, ::-1], x)
+    np.testing.assert_array_equal(ood.transformed(x, "vflip", 17)[:, ::-1], x)
+    np.testing.assert_array_equal(ood.transformed(x, "invert", 17).astype(int), 16 - x.astype(int))
+    images, name, notes = ood.load_ood_set("invert", 3, (6, 4, 3), 17, 0, negatives=x)
+    assert len(images) == 3 and name == "invert" and "negatives" in notes[0]
+
+
+def test_mnist_like_set_has_mnist_statistics():
+    x = ood.mnist_like_images()
+    assert x.shape == (1797, 28, 28, 1) and x.dtype == np.uint8  # every scikit-learn digit
+    assert 0.7 < (x == 0).mean() < 0.9  # MNIST: about 81 % background
+    strokes = x[x > 0]
+    assert (strokes >= 250).mean() > 0.5  # saturated strokes, anti-aliased edges
+    assert (x[:, :2] > 0).mean() < 0.01 and (x[:, :, :2] > 0).mean() < 0.01  # margins nearly black
+    rows, cols = np.arange(28)[None, :, None], np.arange(28)[None, None, :]
+    mass = x[..., 0].astype(float).sum((1, 2))
+    cy = (x[..., 0] * rows).sum((1, 2)) / mass
+    cx = (x[..., 0] * cols).sum((1, 2)) / mass
+    assert np.mean(np.abs(cy - 13.5) <= 0.5 + 1e-9) > 0.99  # centred by mass to the pixel
+    assert np.mean(np.abs(cx - 13.5) <= 0.5 + 1e-9) > 0.99
+    np.testing.assert_array_equal(x[:10], ood.mnist_like_images(10))
+
+
 def test_requantise_keeps_bin_centres():
     v = np.arange(17, dtype=np.uint8)
     r = ood.requantise(v, 17, 256)
@@ -144,31 +183,40 @@ def run(tmp_path) -> Path:
     return make_run(tmp_path / "run")
 
 
-def test_entropy_cache_reused_and_invalidated(run):
+def fake_features(n: int, shift: float = 0.0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    level1, level2, recon = rng.normal(1 + shift, 0.2, n), rng.normal(2, 0.3, n), rng.normal(0.1, 0.01, n)
+    L = rng.normal(4, 0.5, n)
+    return {"nll": level1 + level2 + recon, "level1": level1, "level2": level2, "recon": recon, "L": L}
+
+
+def test_reference_cache_reused_and_invalidated(run):
     model, config = checkpoint.load_run(run)
     images = load("digits", "test", limit=6).images
     calls = []
 
     def compute():
         calls.append(1)
-        return np.array([1.0, 2.0, 3.0])
+        return fake_features(6)
 
     def key(imgs=images, n_t=2):
         return ood.entropy_cache_key(run, config, imgs, "digits:test", n_t, 0, 8)
 
-    h, se, hit = ood.cached_entropy(run, key(), compute)
-    assert (h, hit) == (2.0, False) and len(calls) == 1 and se > 0
+    expected = fake_features(6)["nll"].mean()
+    ref, se, hit = ood.cached_reference(run, key(), compute)
+    assert (ref.means["nll"], hit) == (pytest.approx(expected), False) and len(calls) == 1 and se > 0
     assert (run / ood.CACHE_FILE).is_file()
-    h, _, hit = ood.cached_entropy(run, key(), compute)
-    assert (h, hit) == (2.0, True) and len(calls) == 1
+    again, _, hit = ood.cached_reference(run, key(), compute)
+    assert hit and len(calls) == 1
+    assert again.means == ref.means and np.array_equal(again.joint_std, ref.joint_std)
     # other settings or other images: recomputed, the first entry kept
-    assert not ood.cached_entropy(run, key(n_t=3), compute)[2]
-    assert not ood.cached_entropy(run, key(imgs=images[:5]), compute)[2]
-    assert ood.cached_entropy(run, key(), compute)[2]
+    assert not ood.cached_reference(run, key(n_t=3), compute)[2]
+    assert not ood.cached_reference(run, key(imgs=images[:5]), compute)[2]
+    assert ood.cached_reference(run, key(), compute)[2]
     assert len(calls) == 3
     # retrained model (new weights file): invalidated, stale entries dropped
     make_run(run, seed=1)
-    assert not ood.cached_entropy(run, key(), compute)[2]
+    assert not ood.cached_reference(run, key(), compute)[2]
     assert len(calls) == 4
     doc = json.loads((run / ood.CACHE_FILE).read_text())
     assert len(doc["entries"]) == 1
@@ -183,8 +231,108 @@ def test_entropy_cache_reused_and_invalidated(run):
     (run / "ema.safetensors").unlink()
     # a corrupt cache is ignored, then rewritten
     (run / ood.CACHE_FILE).write_text("{not json")
-    assert not ood.cached_entropy(run, key(), compute)[2]
-    assert ood.cached_entropy(run, key(), compute)[2]
+    assert not ood.cached_reference(run, key(), compute)[2]
+    assert ood.cached_reference(run, key(), compute)[2]
+
+
+# --- the scores ------------------------------------------------------------------
+
+
+def test_scores_use_only_held_out_fits_and_each_image_alone():
+    held, inl, out = fake_features(300), fake_features(200, seed=1), fake_features(200, 1.5, seed=2)
+    ref = ood.Reference.fit(held)
+    assert ref.means["nll"] == pytest.approx(held["nll"].mean())
+    assert ref.means["detail"] == pytest.approx((held["level2"] + held["recon"]).mean())
+    s_out = ood.scores(out, ref)
+    assert set(s_out) == set(ood.score_names(2))
+    # an image's score is a function of its own features and the reference only
+    half = {k: v[::2] for k, v in out.items()}
+    for name, v in ood.scores(half, ref).items():
+        np.testing.assert_allclose(v, s_out[name][::2], err_msg=name)
+    s_in = ood.scores(inl, ref)
+    # a shifted coarse level: detail-level1 and level1 see it, level2 and L do not
+    assert ood.auroc(s_in["level1"], s_out["level1"]) > 0.99
+    assert ood.auroc(s_in["detail-level1"], s_out["detail-level1"]) < 0.01  # cheaper detail ratio
+    assert 0.4 < ood.auroc(s_in["level2"], s_out["level2"]) < 0.6
+    assert 0.4 < ood.auroc(s_in["L"], s_out["L"]) < 0.6
+    assert ood.auroc(s_in["joint"], s_out["joint"]) > 0.99
+    # joint is Σ z² of (level1, level2, recon, L): its held-out mean is the feature count
+    assert ood.scores(held, ref)["joint"].mean() == pytest.approx(4 * 299 / 300)
+    # one level: no detail scores, and saying so
+    vdm = {"nll": held["nll"], "level1": held["level1"], "recon": held["recon"], "L": held["L"]}
+    assert "detail" not in ood.score_names(1) and set(ood.scores(vdm, ood.Reference.fit(vdm))) == set(
+        ood.score_names(1)
+    )
+
+
+def test_level_scores_find_an_ood_set_whose_fine_level_is_pure_noise():
+    """Known answer: in-distribution images are constant on 2×2 blocks, so their Haar detail
+    level is exactly 0 and the Bayes-optimal detail denoiser is ε̂ = z_t/σ_t, a detail bound of
+    0 bits. The OOD images share the coarse level's distribution but add pixel noise to the
+    detail. With that denoiser (and ε̂ = 0 for the coarse level, whose bits then do not depend
+    on the image at all), the detail scores separate perfectly and level 1 is at chance."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="w-pcdm", levels=2, image_shape=(1, 8, 8), K=16, width=4, depth=1)
+    model = PCDM(cfg).double()
+
+    def denoiser(k, z, gamma, cond):
+        if k == 0:
+            return torch.zeros_like(z)
+        sigma = torch.sigmoid(gamma).sqrt().view(-1, 1, 1, 1)
+        return z / sigma
+
+    model.eps_hat = denoiser
+    rng = np.random.default_rng(0)
+
+    def blocky(n):
+        coarse = rng.integers(1, 15, size=(n, 4, 4, 1))
+        return coarse.repeat(2, axis=1).repeat(2, axis=2).astype(np.uint8)
+
+    inl = blocky(64)
+    noisy = np.clip(blocky(64) + rng.integers(-1, 2, size=(64, 8, 8, 1)), 0, 15).astype(np.uint8)
+    held = blocky(64)
+    f_held, f_in, f_out = (ood.features(model, x, n_t=4, batch_size=64, seed=0) for x in (held, inl, noisy))
+    # the exact denoiser pays no diffusion bits: only the prior's constant KL remains
+    np.testing.assert_allclose(f_in["level2"], f_in["level2"][0], rtol=1e-9)
+    assert f_in["level2"][0] < 1e-4
+    ref = ood.Reference.fit(f_held)
+    s_in, s_out = ood.scores(f_in, ref), ood.scores(f_out, ref)
+    for name in ("level2", "detail", "detail-share", "typ:level2", "typ:detail", "joint"):
+        assert ood.auroc(s_in[name], s_out[name]) == 1.0, name
+    # the coarse level is at chance, so are the complexity and the decoder: same distribution
+    for name in ("level1", "recon"):
+        assert 0.3 < ood.auroc(s_in[name], s_out[name]) < 0.7, name
+    assert ood.auroc(s_in["nll"], s_out["nll"]) > 0.9  # the total sees it, through the noise of level 1
+
+
+def test_run_ood_fits_on_held_out_images_only(run, monkeypatch):
+    from pcdm.ood import experiment
+
+    model, config = checkpoint.load_run(run)
+    test = load("digits", "test").images
+    seen, fitted = [], []
+    real_features, real_fit = experiment.features, ood.Reference.fit
+
+    def spy_features(model, images, *a, **k):
+        f = real_features(model, images, *a, **k)
+        seen.append((images.copy(), f))
+        return f
+
+    def spy_fit(held_out):
+        fitted.append(held_out)
+        return real_fit(held_out)
+
+    monkeypatch.setattr(experiment, "features", spy_features)
+    monkeypatch.setattr(ood.Reference, "fit", staticmethod(spy_fit))
+    kw = dict(n_t=1, limit=20, batch_size=32, entropy_count=20, min_images=20)
+    one = ood.run_ood(model, config, run, "digits", ["const"], **kw)
+    (held_images, held_f), *_ = seen
+    np.testing.assert_array_equal(held_images, test[-20:])  # the last test images, nothing else
+    assert len(fitted) == 1 and fitted[0] is held_f
+    both = ood.run_ood(model, config, run, "digits", ["uniform", "const"], **kw)  # cached reference
+    assert len(fitted) == 1 and both.entropy_cached
+    assert both.auroc["joint"]["const"] == one.auroc["joint"]["const"]  # other OOD sets change nothing
+    assert both.reference.means == one.reference.means
 
 
 def test_cli_end_to_end_json(run, tmp_path, capsys):
@@ -205,7 +353,10 @@ def test_cli_end_to_end_json(run, tmp_path, capsys):
     assert np.isfinite(out["entropy_bpd"]) and out["entropy_cached"] is False
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RGB→gray" in out["adapted"]["skimage32"][0]
-    assert "adapted" in captured.err  # the adaptation is reported to the user
+    assert "RGB→gray" in captured.err  # the adaptation is reported to the user
+    assert {"joint", "nll-L", "detail-level1", "typ:L"} <= set(out["scores"])
+    assert out["scores"]["typ:nll"] == out["auroc"] and out["scores"]["nll"] == out["auroc_raw_nll"]
+    assert "held-out" in out["fitted_on"]
     # second run: Ĥ from the cache, same number; default ROC path in the run folder
     assert main(argv[:-3] + ["--json"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -234,6 +385,7 @@ def test_cli_table_output(run, capsys):
         ["ood", "{run}", "--in", "digits", "--ood", "no-such-dataset", "--limit", "2"],
         ["ood", "{run}", "--in", "skimage32", "--ood", "const"],
         ["ood", "{run}", "--in", "digits", "--ood", "const", "--n-t", "0"],
+        ["ood", "{run}", "--in", "digits", "--ood", "const", "--score", "no-such-score"],
     ],
 )
 def test_cli_bad_input_is_one_line(args, run, tmp_path, capsys):

@@ -1,34 +1,24 @@
-"""Out-of-distribution detection with the typicality test (SPEC §6, paper §6.2).
+"""The OOD experiment: which images play which part, one evaluation pass, the cache of
+what is fitted on held-out images, and the AUROC of every score against every OOD set.
 
-The statistic of one image (M = 1) is
-
-    h(x) = | NLL(x) − Ĥ |
-
-with NLL(x) the likelihood bound in bits per dimension (the same number ``pcdm eval``
-prints), averaged over N Monte-Carlo draws of (t, ε, ε₀), and Ĥ ≈ H(p_θ) the mean NLL of
-*held-out* in-distribution images (Nalisnick et al., 2019). A raw-likelihood detector
-(score = NLL) is reported next to it: likelihood models give some outliers (constant
-images, SVHN under a CIFAR model) a *higher* likelihood than the data, and only the
-two-sided typicality statistic catches them.
-
-Which images play which part, from the in-distribution DATA's ``test`` split of n images:
+From the in-distribution DATA's ``test`` split of n images:
 
     negatives  test[0 : m]          scored, labelled 0 (m ≤ n − n_H, or ``--limit``)
-    Ĥ          test[n − n_H : n]    never scored as negatives, never seen in training
+    reference  test[n − n_H : n]    held out: Ĥ (the mean NLL), the mean of every score for
+                                    its typicality test, and the joint score's mean and
+                                    covariance are fitted here and nowhere else
 
-The test split is used for Ĥ because it is held out from training (a memorised training
-set would bias Ĥ low and make typical test images look atypical); the two slices never
-overlap. Ĥ is cached in the run folder (``ood_entropy.json``) under a key that holds the
-SHA-256 of the weights file, of the model config and of the exact Ĥ images, plus N,
-the seed and the batch size: retraining, new data or other settings recompute it.
+The test split is used for the reference because it is held out from training (a
+memorised training set would bias Ĥ low and make typical test images look atypical); the
+two slices never overlap, and OOD images are never used for fitting. The reference is
+cached in the run folder (``ood_entropy.json``) under a key that holds the SHA-256 of the
+weights file, of the model config and of the exact held-out images, plus N, the seed and
+the batch size: retraining, new data or other settings recompute it.
 
-OOD sets (positives, labelled 1) are ``const`` (each image one random solid value per
-channel, uniform over 0..K−1), ``uniform`` (iid uniform pixels over 0..K−1), or any DATA.
-A DATA of another shape is adapted to the model and the adaptation is reported: RGB→gray
-by ITU-R 601 luma (Pillow's ``L``), gray→RGB by replication, centre crop to the model's
-aspect ratio and Lanczos resize (Pillow) to H×W, then requantisation of the values to the
-model's K by bin centres. AUROC uses equal counts of negatives and positives; the larger
-side is subsampled deterministically.
+Every image is evaluated once: N Monte-Carlo draws of the bound (t, ε, ε₀) give its total
+and per-level bits, and the classical codecs give its complexity L(x); all scores
+(``pcdm.ood.scores``) are functions of those. AUROC uses equal counts of negatives and
+positives; the larger side is subsampled deterministically.
 """
 
 from __future__ import annotations
@@ -36,143 +26,54 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-BUILTIN_OOD = ("const", "uniform")
+from .scores import Features, Reference, auroc, equal_counts, roc_curve, score_names, scores
+from .sets import load_ood_set
+
 CACHE_FILE = "ood_entropy.json"
 ROC_FILE = "ood_roc.png"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------------------
-# The statistic and its evaluation.
+# One evaluation pass.
 
 
-def typicality(nll: np.ndarray, entropy: float) -> np.ndarray:
-    """Typicality-test statistic with M = 1: |NLL(x) − Ĥ| (any unit, here bpd)."""
-    return np.abs(np.asarray(nll, dtype=np.float64) - entropy)
+def complexity_bpd(images: np.ndarray, K: int) -> np.ndarray:
+    """L(x): the shortest of PNG, JPEG-XL (when available) and raw ⌈log₂ K⌉-bit storage,
+    bits per dimension, whole files (headers included) — a code length any user has."""
+    from ..baselines import available_codecs, codec_bpd
+
+    best = np.full(len(images), float(math.ceil(math.log2(K))))
+    for codec in ("png", "jpegxl"):
+        if codec in available_codecs():
+            best = np.minimum(best, codec_bpd(images, codec, check=False))
+    return best
 
 
-def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
-    """Area under the ROC curve of ``score > threshold ⇒ OOD``; 1 = perfect, 0.5 = chance."""
-    from sklearn.metrics import roc_auc_score
+def features(
+    model, images: np.ndarray, n_t: int, batch_size: int, seed: int, progress: bool = False, desc: str = ""
+) -> Features:
+    """Per-image nll, level<s>, recon (bpd, averaged over ``n_t`` draws) and L."""
+    from ..evaluate import per_image_bpd
 
-    labels, scores = _labelled(inlier_scores, outlier_scores)
-    return float(roc_auc_score(labels, scores))
-
-
-def roc_curve(inlier_scores: np.ndarray, outlier_scores: np.ndarray):
-    """(false-positive rate, true-positive rate) of ``score > threshold ⇒ OOD``."""
-    from sklearn.metrics import roc_curve as sk_roc_curve
-
-    labels, scores = _labelled(inlier_scores, outlier_scores)
-    fpr, tpr, _ = sk_roc_curve(labels, scores)
-    return fpr, tpr
-
-
-def _labelled(inlier_scores, outlier_scores) -> tuple[np.ndarray, np.ndarray]:
-    inlier_scores = np.asarray(inlier_scores, dtype=np.float64).ravel()
-    outlier_scores = np.asarray(outlier_scores, dtype=np.float64).ravel()
-    if not len(inlier_scores) or not len(outlier_scores):
-        raise ValueError("AUROC needs at least one in-distribution and one OOD score")
-    labels = np.r_[np.zeros(len(inlier_scores)), np.ones(len(outlier_scores))]
-    return labels, np.r_[inlier_scores, outlier_scores]
-
-
-def equal_counts(n_in: int, n_out: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices giving both sides min(n_in, n_out) items: the larger side is subsampled
-    without replacement by a seeded generator (sorted, so the choice is reproducible)."""
-    n = min(n_in, n_out)
-
-    def pick(total: int, salt: int) -> np.ndarray:
-        if total == n:
-            return np.arange(n)
-        rng = np.random.default_rng([seed, salt, total, n])
-        return np.sort(rng.choice(total, n, replace=False))
-
-    return pick(n_in, 0), pick(n_out, 1)
+    out = per_image_bpd(
+        model, images, n_t=n_t, batch_size=batch_size, seed=seed, progress=progress, desc=desc
+    )
+    f = {"nll": out["bpd"], "recon": out["bpd_recon"]}
+    f.update({k.removeprefix("bpd_"): v for k, v in out.items() if k.startswith("bpd_level")})
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in f.items()}
+    f["L"] = complexity_bpd(images, model.config.K)
+    return f
 
 
 # ---------------------------------------------------------------------------
-# Built-in OOD sets and adaptation of real ones.
-
-
-def constant_images(n: int, shape_hwc: tuple[int, int, int], K: int, seed: int = 0) -> np.ndarray:
-    """``n`` solid images: each image draws one value per channel uniformly from 0..K−1
-    (for gray images: one value for the whole image), as the paper's constant set."""
-    h, w, c = shape_hwc
-    rng = np.random.default_rng([seed, 1])
-    values = rng.integers(0, K, size=(n, 1, 1, c), dtype=np.int64)
-    return np.ascontiguousarray(np.broadcast_to(values, (n, h, w, c)), dtype=np.uint8)
-
-
-def uniform_images(n: int, shape_hwc: tuple[int, int, int], K: int, seed: int = 0) -> np.ndarray:
-    """``n`` images of iid pixels uniform over 0..K−1."""
-    rng = np.random.default_rng([seed, 2])
-    return rng.integers(0, K, size=(n, *shape_hwc), dtype=np.int64).astype(np.uint8)
-
-
-def requantise(images: np.ndarray, K_from: int, K_to: int) -> np.ndarray:
-    """Map values of K_from levels to K_to levels by bin centres: v ↦ ⌊(v + ½) K_to / K_from⌋,
-    which keeps the encoded value 2(v + ½)/K − 1 as close as the new grid allows."""
-    if K_from == K_to:
-        return images
-    v = (images.astype(np.float64) + 0.5) * K_to / K_from
-    return np.clip(np.floor(v), 0, K_to - 1).astype(np.uint8)
-
-
-def adapt_images(
-    images: np.ndarray, K: int, shape_hwc: tuple[int, int, int], K_model: int
-) -> tuple[np.ndarray, list[str]]:
-    """Bring uint8 (N, H, W, C) images with K levels to the model's shape and K.
-    Returns the adapted images and one short note per change made (empty if none)."""
-    from PIL import Image
-
-    h, w, c = shape_hwc
-    n, h0, w0, c0 = images.shape
-    notes: list[str] = []
-    if c0 != c:
-        notes.append("RGB→gray (luma)" if c == 1 else "gray→RGB (replicated)")
-    crop = _centre_crop_box(h0, w0, h, w)
-    if crop != (0, 0, w0, h0):
-        notes.append(f"centre-cropped {h0}×{w0}→{crop[3] - crop[1]}×{crop[2] - crop[0]}")
-    resize = (crop[3] - crop[1], crop[2] - crop[0]) != (h, w)
-    if resize:
-        notes.append(f"resized to {h}×{w} (Lanczos)")
-    if c0 != c or crop != (0, 0, w0, h0) or resize:
-        out = np.empty((n, h, w, c), dtype=np.uint8)
-        for i, im in enumerate(images):
-            img = Image.fromarray(np.ascontiguousarray(im[..., 0] if c0 == 1 else im))
-            img = img.convert("L" if c == 1 else "RGB")
-            img = img.crop(crop)
-            if resize:
-                img = img.resize((w, h), Image.Resampling.LANCZOS)
-            a = np.asarray(img)
-            out[i] = a[..., None] if c == 1 else a
-        images = np.minimum(out, K - 1)  # Lanczos may overshoot the source's top level
-    if K != K_model:
-        notes.append(f"requantised K {K}→{K_model}")
-        images = requantise(images, K, K_model)
-    return images, notes
-
-
-def _centre_crop_box(h0: int, w0: int, h: int, w: int) -> tuple[int, int, int, int]:
-    """Largest centred (left, top, right, bottom) box of aspect ratio h:w inside h0×w0."""
-    if h0 * w > w0 * h:  # too tall
-        ch, cw = max(1, round(w0 * h / w)), w0
-    else:
-        ch, cw = h0, max(1, round(h0 * w / h))
-    top, left = (h0 - ch) // 2, (w0 - cw) // 2
-    return (left, top, left + cw, top + ch)
-
-
-# ---------------------------------------------------------------------------
-# Ĥ and its cache.
+# The reference and its cache.
 
 
 def weights_path(run: Path, ema: bool = True) -> Path:
@@ -188,6 +89,17 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _complexity_codecs() -> str:
+    """Which codecs L(x) takes the minimum over, with their versions (part of the key)."""
+    import imagecodecs
+    import PIL
+
+    from ..baselines import available_codecs
+
+    used = [c for c in ("png", "jpegxl") if c in available_codecs()]
+    return f"{'+'.join(used)}+raw; Pillow {PIL.__version__}; imagecodecs {imagecodecs.__version__}"
 
 
 def entropy_cache_key(
@@ -211,6 +123,7 @@ def entropy_cache_key(
         "seed": int(seed),
         "batch": int(batch),
         "bound": "continuous",
+        "complexity": _complexity_codecs(),
         "weights": wpath.name,
         "weights_sha256": _sha256_file(wpath),
         "model_sha256": hashlib.sha256(
@@ -219,13 +132,14 @@ def entropy_cache_key(
     }
 
 
-def cached_entropy(
-    run: Path, key: dict, compute: Callable[[], np.ndarray], warn=None
-) -> tuple[float, float, bool]:
-    """Ĥ for ``key`` from ``run/ood_entropy.json``, or ``compute()`` (per-image bpd) and
-    store it. Returns (Ĥ, its standard error, whether the cache was used). Entries for
-    other weights are dropped on write; an unreadable cache is ignored and rewritten."""
-    from .checkpoint import write_json
+def cached_reference(
+    run: Path, key: dict, compute: Callable[[], Features], warn=None
+) -> tuple[Reference, float, bool]:
+    """The reference for ``key`` from ``run/ood_entropy.json``, or fitted on ``compute()``
+    (the held-out images' features) and stored. Returns (reference, standard error of Ĥ,
+    whether the cache was used). Entries for other weights are dropped on write; an
+    unreadable or older cache is ignored and rewritten."""
+    from ..checkpoint import write_json
 
     path = Path(run) / CACHE_FILE
     entries: list[dict] = []
@@ -238,18 +152,24 @@ def cached_entropy(
             entries = []
     for e in entries:
         if e.get("key") == key:
-            return float(e["entropy_bpd"]), float(e.get("entropy_se_bpd", math.nan)), True
-    bpd = np.asarray(compute(), dtype=np.float64)
-    value = float(bpd.mean())
-    se = float(bpd.std(ddof=1) / math.sqrt(len(bpd))) if len(bpd) > 1 else math.nan
-    entries = [e for e in entries if e.get("key", {}).get("weights_sha256") == key["weights_sha256"]]
-    entries.append({"key": key, "entropy_bpd": value, "entropy_se_bpd": se})
+            try:
+                return Reference.from_json(e["reference"]), float(e["entropy_se_bpd"]), True
+            except (KeyError, TypeError, ValueError):
+                break  # a damaged entry: refit
+    held_out = compute()
+    reference = Reference.fit(held_out)
+    nll = held_out["nll"]
+    se = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
+    same_weights = [e for e in entries if e.get("key", {}).get("weights_sha256") == key["weights_sha256"]]
+    entries = [e for e in same_weights if e.get("key") != key]
+    entry = {"entropy_bpd": reference.means["nll"], "entropy_se_bpd": se, "reference": reference.to_json()}
+    entries.append({"key": key, **entry})
     try:
         write_json(path, {"version": CACHE_VERSION, "entries": entries})
     except OSError as err:
         if warn:
-            warn(f"could not cache Ĥ in {path} ({err})")
-    return value, se, False
+            warn(f"could not cache the reference in {path} ({err})")
+    return reference, se, False
 
 
 def split_test(n_test: int, limit: int | None, entropy_count: int) -> tuple[int, int]:
@@ -273,54 +193,50 @@ def split_test(n_test: int, limit: int | None, entropy_count: int) -> tuple[int,
 
 @dataclass
 class OODResult:
-    entropy_bpd: float
+    reference: Reference
     entropy_se_bpd: float
     entropy_n: int
     entropy_cached: bool
     in_name: str
-    in_nll: np.ndarray
-    auroc: dict[str, float] = field(default_factory=dict)
-    auroc_raw_nll: dict[str, float] = field(default_factory=dict)
+    in_features: Features
+    score_names: list[str]
+    auroc: dict[str, dict[str, float]] = field(default_factory=dict)  # score → set → AUROC
     n: dict[str, int] = field(default_factory=dict)
-    mean_bpd: dict[str, float] = field(default_factory=dict)
-    std_bpd: dict[str, float] = field(default_factory=dict)
+    mean_bpd: dict[str, dict[str, float]] = field(default_factory=dict)  # set → feature → mean
     adapted: dict[str, list[str]] = field(default_factory=dict)
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
+    @property
+    def entropy_bpd(self) -> float:
+        return self.reference.means["nll"]
+
+    def best(self, ood_set: str) -> tuple[str, float]:
+        """The score with the highest AUROC on one OOD set."""
+        name = max(self.score_names, key=lambda s: self.auroc[s][ood_set])
+        return name, self.auroc[name][ood_set]
+
     def to_json(self) -> dict:
+        means = {"in": {k: float(v.mean()) for k, v in self.in_features.items()}, **self.mean_bpd}
         return {
-            "auroc": self.auroc,
-            "auroc_raw_nll": self.auroc_raw_nll,
+            "auroc": self.auroc["typ:nll"],
+            "auroc_raw_nll": self.auroc["nll"],
+            "scores": {s: self.auroc[s] for s in self.score_names},
             "n": self.n,
             "entropy_bpd": self.entropy_bpd,
             "entropy_se_bpd": _finite(self.entropy_se_bpd),
             "entropy_n": self.entropy_n,
             "entropy_cached": self.entropy_cached,
+            "fitted_on": f"{self.entropy_n} held-out in-distribution images only",
             "in": self.in_name,
-            "n_in": int(len(self.in_nll)),
-            "mean_bpd": {"in": float(self.in_nll.mean()), **self.mean_bpd},
-            "std_bpd": {"in": float(self.in_nll.std()), **self.std_bpd},
+            "n_in": int(len(self.in_features["nll"])),
+            "mean_bpd": {k: v["nll"] for k, v in means.items()},
+            "mean_features": means,
             "adapted": self.adapted,
         }
 
 
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
-
-
-def load_ood_set(
-    spec: str, n: int, shape_hwc: tuple[int, int, int], K: int, seed: int
-) -> tuple[np.ndarray, str, list[str]]:
-    """(images, display name, adaptation notes) for one ``--ood`` argument."""
-    from .data import load
-
-    if spec == "const":
-        return constant_images(n, shape_hwc, K, seed), "const", []
-    if spec == "uniform":
-        return uniform_images(n, shape_hwc, K, seed), "uniform", []
-    data = load(spec, "test", limit=n)
-    images, notes = adapt_images(data.images, data.K, shape_hwc, K)
-    return images, data.name, notes
 
 
 def run_ood(
@@ -340,10 +256,11 @@ def run_ood(
     split: str = "test",
     min_images: int = 20,
     force: bool = False,
+    score_filter: list[str] | None = None,
 ) -> OODResult:
-    """Score the in-distribution test images, Ĥ and every OOD set; AUROC per set."""
-    from .data import load
-    from .evaluate import per_image_bpd
+    """Score the in-distribution test images, the reference and every OOD set; AUROC of
+    every score (or of ``score_filter``'s, plus typ:nll and nll) per set."""
+    from ..data import load
 
     if n_t < 1:
         raise ValueError(f"--n-t must be at least 1, got {n_t}")
@@ -355,6 +272,16 @@ def run_ood(
         raise ValueError(f"--entropy-count must be at least 1, got {entropy_count}")
     if len(set(ood_specs)) != len(ood_specs):
         raise ValueError(f"an --ood set is given twice: {ood_specs}")
+    levels = len(model.level_shapes)
+    names = score_names(levels)
+    if score_filter:
+        unknown = [s for s in score_filter if s not in names]
+        if unknown:
+            raise ValueError(
+                f"unknown --score {', '.join(unknown)} for a {levels}-level model; "
+                f"choose from {', '.join(names)}"
+            )
+        names = [s for s in names if s in {*score_filter, "nll", "typ:nll"}]
     c, h, w = model.config.image_shape
     K = model.config.K
     shape_hwc = (h, w, c)
@@ -382,217 +309,49 @@ def run_ood(
     # Every OOD set is loaded (and adapted) before any scoring, so bad DATA fails fast.
     ood_sets: dict[str, tuple[np.ndarray, list[str]]] = {}
     for spec in ood_specs:
-        images, name, notes = load_ood_set(spec, m, shape_hwc, K, seed)
+        images, name, notes = load_ood_set(spec, m, shape_hwc, K, seed, negatives)
         if len(images) < min_images and not force:
             raise ValueError(
                 f"--ood {spec} has {len(images)} images (need ≥ {min_images} for an AUROC worth "
                 f"reporting); give more, or --force to report it anyway"
             )
         if notes:
-            log(f"--ood {spec}: adapted {name} to the model: {', '.join(notes)}")
+            log(f"--ood {spec}: {name}: {', '.join(notes)}")
         ood_sets[spec] = images, notes
 
-    def score(images: np.ndarray, desc: str) -> np.ndarray:
-        out = per_image_bpd(
-            model, images, n_t=n_t, batch_size=batch_size, seed=seed, progress=progress, desc=desc
-        )
-        return out["bpd"].astype(np.float64)
+    def evaluate(images: np.ndarray, desc: str) -> Features:
+        return features(model, images, n_t, batch_size, seed, progress=progress, desc=desc)
 
     key = entropy_cache_key(run, config, held_out, f"{test.name}[{h_start}:]", n_t, seed, batch_size, ema)
-    entropy, entropy_se, hit = cached_entropy(
-        run, key, lambda: score(held_out, "Ĥ"), warn=lambda s: log(f"warning: {s}")
+    reference, entropy_se, hit = cached_reference(
+        run, key, lambda: evaluate(held_out, "reference"), warn=lambda s: log(f"warning: {s}")
     )
     log(
-        f"Ĥ = {entropy:.4f} bpd from {len(held_out)} held-out images {test.name}[{h_start}:]"
+        f"Ĥ = {reference.means['nll']:.4f} bpd from {len(held_out)} held-out images {test.name}[{h_start}:]"
         + (" (cached)" if hit else "")
     )
-    in_nll = score(negatives, "in-dist")
+    in_features = evaluate(negatives, "in-dist")
     result = OODResult(
-        entropy_bpd=entropy,
+        reference=reference,
         entropy_se_bpd=entropy_se,
         entropy_n=len(held_out),
         entropy_cached=hit,
         in_name=f"{test.name}[:{m}]",
-        in_nll=in_nll,
+        in_features=in_features,
+        score_names=names,
+        auroc={s: {} for s in names},
     )
-    in_typ = typicality(in_nll, entropy)
+    in_scores = scores(in_features, reference)
     for spec, (images, notes) in ood_sets.items():
-        nll = score(images, spec)
-        i_in, i_out = equal_counts(len(in_nll), len(nll), seed)
-        typ = typicality(nll, entropy)
-        result.auroc[spec] = auroc(in_typ[i_in], typ[i_out])
-        result.auroc_raw_nll[spec] = auroc(in_nll[i_in], nll[i_out])
+        out_features = evaluate(images, spec)
+        out_scores = scores(out_features, reference)
+        i_in, i_out = equal_counts(len(negatives), len(images), seed)
+        result.curves[spec] = {}
+        for s in names:
+            a, b = in_scores[s][i_in], out_scores[s][i_out]
+            result.auroc[s][spec] = auroc(a, b)
+            result.curves[spec][s] = roc_curve(a, b)
         result.n[spec] = int(len(i_in))
-        result.mean_bpd[spec] = float(nll.mean())
-        result.std_bpd[spec] = float(nll.std())
+        result.mean_bpd[spec] = {k: float(v.mean()) for k, v in out_features.items()}
         result.adapted[spec] = notes
-        result.curves[spec] = {
-            "typicality": roc_curve(in_typ[i_in], typ[i_out]),
-            "raw NLL": roc_curve(in_nll[i_in], nll[i_out]),
-        }
     return result
-
-
-def plot_roc(result: OODResult, path: Path, title: str = "") -> None:
-    """ROC curves of every OOD set: typicality solid, raw NLL dashed (Agg, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls=":")
-    for i, (spec, curves) in enumerate(result.curves.items()):
-        color = f"C{i % 10}"
-        for stat, ls in (("typicality", "-"), ("raw NLL", "--")):
-            fpr, tpr = curves[stat]
-            a = result.auroc[spec] if stat == "typicality" else result.auroc_raw_nll[spec]
-            ax.plot(fpr, tpr, color=color, ls=ls, label=f"{spec}, {stat} (AUROC {a:.3f})")
-    ax.set_xlabel("false-positive rate (in-distribution flagged)")
-    ax.set_ylabel("true-positive rate (OOD flagged)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(title or f"OOD vs {result.in_name}, |NLL − Ĥ| (solid) and NLL (dashed)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-
-
-def format_table(result: OODResult) -> str:
-    lines = [
-        f"in-distribution: {result.in_name}, {len(result.in_nll)} images, "
-        f"mean {result.in_nll.mean():.4f} bpd",
-        f"Ĥ = {result.entropy_bpd:.4f} bpd (mean over {result.entropy_n} held-out images"
-        + (", cached)" if result.entropy_cached else ")"),
-        "",
-        "Ĥ: the typical bound of in-distribution images; |NLL − Ĥ| flags images whose bound is "
-        "atypically high or low.",
-        "AUROC: probability that a random OOD image scores above a random in-distribution one "
-        "(1 = perfect separation, 0.5 = chance); n images per class.",
-        "",
-        f"{'OOD set':<24} {'n':>6} {'mean bpd':>9} {'AUROC |NLL-Ĥ|':>14} {'AUROC NLL':>10}",
-    ]
-    for spec in result.auroc:
-        lines.append(
-            f"{spec[:24]:<24} {result.n[spec]:>6} {result.mean_bpd[spec]:>9.4f} "
-            f"{result.auroc[spec]:>14.4f} {result.auroc_raw_nll[spec]:>10.4f}"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
-# CLI.
-
-
-def add_ood_parser(sub) -> None:
-    p = sub.add_parser(
-        "ood",
-        help="out-of-distribution detection (typicality test), AUROC per OOD set",
-        description="Score in-distribution test images and OOD sets with the typicality "
-        "statistic |NLL(x) − Ĥ| (M = 1) and with the raw NLL; print the AUROC of each OOD "
-        "set against the in-distribution test images (equal counts). Ĥ is the mean NLL of "
-        "the last images of the in-distribution test split, which are never used as "
-        f"negatives; it is cached in RUN/{CACHE_FILE}.",
-    )
-    p.add_argument("run", metavar="RUN", help="run folder (config.json + weights)")
-    p.add_argument(
-        "--in",
-        dest="in_data",
-        required=True,
-        metavar="DATA",
-        help="in-distribution data (the model's training data set)",
-    )
-    p.add_argument(
-        "--ood",
-        action="append",
-        required=True,
-        metavar="DATA",
-        help="OOD set: 'const', 'uniform' or any DATA (adapted to the model's "
-        "shape and K if needed); repeatable",
-    )
-    p.add_argument(
-        "--n-t", type=int, default=20, help="Monte-Carlo draws of the bound per image (paper: N = 20)"
-    )
-    p.add_argument(
-        "--limit", type=int, default=None, help="at most this many images per set (also bounds Ĥ's count)"
-    )
-    p.add_argument(
-        "--entropy-count",
-        type=int,
-        default=1000,
-        help="held-out test images for Ĥ (at most half the test split)",
-    )
-    p.add_argument(
-        "--split",
-        default="test",
-        choices=["train", "test", "all"],
-        help="split of the in-distribution data for Ĥ and the negatives (default test: held out)",
-    )
-    p.add_argument(
-        "--min-images",
-        type=int,
-        default=20,
-        help="refuse an AUROC from fewer images per class than this (default 20)",
-    )
-    p.add_argument("--force", action="store_true", help="report an AUROC even from fewer images")
-    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and OOD sets")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    p.add_argument(
-        "--roc", type=Path, default=None, metavar="FILE.png", help=f"ROC-curve plot (default RUN/{ROC_FILE})"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_ood)
-
-
-def cmd_ood(args) -> int:
-    import torch
-
-    from .checkpoint import load_run
-
-    def log(msg: str) -> None:
-        print(f"pcdm ood: {msg}", file=sys.stderr, flush=True)
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = Path(args.run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
-    model, config = load_run(run, ema=not args.no_ema, device=device)
-    result = run_ood(
-        model,
-        config,
-        run,
-        args.in_data,
-        args.ood,
-        n_t=args.n_t,
-        limit=args.limit,
-        batch_size=args.batch,
-        entropy_count=args.entropy_count,
-        seed=args.seed,
-        ema=not args.no_ema,
-        progress=sys.stderr.isatty(),
-        log=log,
-        split=args.split,
-        min_images=args.min_images,
-        force=args.force,
-    )
-    roc: Path | None = args.roc or run / ROC_FILE
-    try:
-        plot_roc(result, roc)
-    except OSError as err:  # e.g. a read-only run folder: keep the numbers, say why no plot
-        log(f"warning: could not write the ROC plot {roc} ({err})")
-        roc = None
-    out = result.to_json()
-    out["roc"] = str(roc) if roc else None
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(format_table(result))
-        if roc:
-            print(f"ROC curves: {roc}")
-    return 0
