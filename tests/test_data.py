@@ -34,7 +34,7 @@ def _offline(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(data.download.urllib.request, "urlopen", no_network)
     monkeypatch.setenv("PCDM_DATA", str(tmp_path / "data-root"))
 
 
@@ -243,9 +243,9 @@ def test_download_checksum(tmp_path, monkeypatch):
         f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 28, 28) + x.tobytes())
     blob = payload.getvalue()
     md5 = hashlib.md5(blob).hexdigest()
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(blob))
+    monkeypatch.setattr(data.download.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(blob))
     remote = {"train-images-idx3-ubyte.gz": (("https://example.invalid/",), "md5", "0" * 32)}
-    monkeypatch.setitem(data.REMOTE, "mnist", remote)
+    monkeypatch.setitem(data.download.REMOTE, "mnist", remote)
     with pytest.raises(DataError, match="expected"):
         load(f"mnist:{tmp_path}")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
@@ -255,8 +255,8 @@ def test_download_checksum(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_debian():
-    if not (data.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"{data.DEBIAN_FASHION_MNIST} missing (apt install dataset-fashion-mnist)")
+    if not (data.core.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"{data.core.DEBIAN_FASHION_MNIST} missing (apt install dataset-fashion-mnist)")
     test = load("fashion-mnist", "test", download=False)
     assert test.images.shape == (10000, 28, 28, 1) and test.K == 256
     assert test.images.max() == 255
