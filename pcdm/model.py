@@ -9,6 +9,8 @@ ELBO of each image in nats, split into its terms
                Σₛ ½ T E_i[expm1(γ(tᵢ) − γ(tᵢ₋₁)) ‖εˢ − Πₛ ε̂ˢ‖²]     (T steps)
     recon      −log p(x | z₀),  z₀ = hᵀ(z₀¹ … z₀ˢ) = α₀ f + σ₀ ε₀
 
+The map (maps/, chosen by name in registry.py) decides which of two kinds of levels the
+model has; each kind is one small class below (``ContinuousLevels``, ``DiscreteLevels``).
 For the volume-preserving maps the joint over levels is the likelihood of x (paper
 Lemma 4.1), so the total is an upper bound on −log P(x). For the discrete maps every level
 is its own discrete image with its own decoder, conditioned on the clean coarser levels:
@@ -170,6 +172,7 @@ class PCDM(nn.Module):
         self.map: HierarchicalMap = config.build_map()
         self.schedule = build_schedule(config.schedule, config.gamma_min, config.gamma_max)
         chw = config.image_shape
+        self.level_kind = DISCRETE_LEVELS if self.map.discrete else CONTINUOUS_LEVELS
         self.level_shapes = self.map.level_shapes(chw)
         self.level_dims = self.map.dims(chw)
         self.nets = nn.ModuleList(
@@ -370,44 +373,7 @@ class PCDM(nn.Module):
         denoiser = denoiser or self.eps_hat
         gamma_0 = self.schedule(torch.zeros((), device=x.device, dtype=self.dtype))
         gamma_1 = self.schedule(torch.ones((), device=x.device, dtype=self.dtype))
-        if self.map.discrete:
-            return self._nelbo_discrete(x, steps, denoiser, noise, gamma_0, gamma_1)
-        alpha_0, sigma_0 = alpha_sigma(gamma_0)
-        f = self.encode(x)
-        cs = self.map(f)
-        # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
-        z0 = alpha_0 * f + sigma_0 * noise.eps0
-        conds = self.map(z0)
-        recon = -self.log_p_x_given_z0(x, z0, gamma_0)
-        eps_levels = self.map(noise.eps)  # εˢ = h(ε)ˢ: iid within each subspace
-        priors, diffs = [], []
-        for k, c in enumerate(cs):
-            cond = self.map.condition(conds, k)
-            priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
-            diffs.append(self.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
-        prior, diff = torch.stack(priors, 1), torch.stack(diffs, 1)
-        extras = self._extras(noise.t, steps, diff)
-        return Bound(prior.sum(1), diff.sum(1), recon, levels=prior + diff, dims=self.dims, extras=extras)
-
-    def _nelbo_discrete(self, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
-        """Discrete maps: every level is a discrete image with its own prior, diffusion and
-        decoder, conditioned on the clean coarser levels. For the integer lifting this is the
-        chain rule −log P(x) = Σₛ −log P(xₛ | x<ₛ) bounded term by term."""
-        alpha_0, sigma_0 = alpha_sigma(gamma_0)
-        xs = self.map(x.long())
-        eps0_levels, eps_levels = self.map.noise_levels(noise.eps0), self.map.noise_levels(noise.eps)
-        priors, diffs, recons = [], [], []
-        for k, v in enumerate(xs):
-            c = self.encode_level(k, v)
-            cond = self.discrete_condition(xs, k)
-            priors.append(self.prior_kl(c, self.level_dims[k], gamma_1))
-            diffs.append(self.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
-            z0 = alpha_0 * c + sigma_0 * eps0_levels[k]
-            recons.append(-self.log_p_x_given_z0(v, z0, gamma_0, k))
-        prior, diff, recon = (torch.stack(v, 1) for v in (priors, diffs, recons))
-        levels = prior + diff + recon
-        extras = self._extras(noise.t, steps, diff)
-        return Bound(prior.sum(1), diff.sum(1), recon.sum(1), levels=levels, dims=self.dims, extras=extras)
+        return self.level_kind.nelbo(self, x, steps, denoiser, noise, gamma_0, gamma_1)
 
     def _extras(self, t: Tensor, steps: int | None, diff: Tensor) -> dict:
         """γ at each level's sampled time (the step's upper end for T steps), (N, S)."""
@@ -467,12 +433,10 @@ class PCDM(nn.Module):
         """Ancestral sampling level by level, coarse first. Returns the uint8 images
         (N, C, H, W) and one uint8 preview per level (coarse to fine)."""
         device = next(self.parameters()).device
-        zs, xs, previews = [], [], []
+        kind = self.level_kind
+        done, previews = [], []  # finished levels, as the finer levels are conditioned on them
         for k, shape in enumerate(self.level_shapes):
-            if self.map.discrete:
-                cond = self.discrete_condition(xs, k)
-            else:
-                cond = self.map.condition(zs, k)
+            cond = kind.condition(self, done, k)
             z = torch.randn((n, *shape), device=device, generator=generator, dtype=self.dtype)
             z = self.map.project(k, z)
             for i in range(steps, 0, -1):
@@ -484,20 +448,90 @@ class PCDM(nn.Module):
                 z = mean + std * noise
                 if progress is not None:
                     progress.update(1)
-            if self.map.discrete:
-                # A finished level is a discrete image; the next one sees it clean.
-                xs.append(self.decode_level(k, z))
-                image = self.map.octave_image(xs)
-                previews.append(image.clamp(0, self.config.K - 1).to(torch.uint8))
-            else:
-                zs.append(z)
-                previews.append(self.preview(zs))
+            done.append(kind.finish(self, k, z))
+            previews.append(kind.preview(self, done))
         return previews[-1], previews
 
     def preview(self, zs: list[Tensor]) -> Tensor:
         """uint8 image at the resolution of the finished levels ``zs`` (coarse first) of a
         continuous map."""
         return self.decode_pixels(self.map.preview(zs))
+
+
+# --- how the levels make an image: the two kinds of map --------------------------------
+
+
+class ContinuousLevels:
+    """An exact continuous map (vdm, w-pcdm, lp-pcdm): the levels are one image at S
+    scales, with continuous latents, one pixel decoder p(x | z₀) for z₀ = hᵀ(z₀¹ … z₀ˢ),
+    and level s conditioned on the coarser t = 0 latents z₀^{<s} (SPEC §3)."""
+
+    def nelbo(self, model: PCDM, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
+        """The joint over levels is the likelihood of x (paper Lemma 4.1): no Jacobian."""
+        alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        f = model.encode(x)
+        cs = model.map(f)
+        # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
+        z0 = alpha_0 * f + sigma_0 * noise.eps0
+        conds = model.map(z0)
+        recon = -model.log_p_x_given_z0(x, z0, gamma_0)
+        eps_levels = model.map(noise.eps)  # εˢ = h(ε)ˢ: iid within each subspace
+        priors, diffs = [], []
+        for k, c in enumerate(cs):
+            cond = model.map.condition(conds, k)
+            priors.append(model.prior_kl(c, model.level_dims[k], gamma_1))
+            diffs.append(model.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+        prior, diff = torch.stack(priors, 1), torch.stack(diffs, 1)
+        extras = model._extras(noise.t, steps, diff)
+        return Bound(prior.sum(1), diff.sum(1), recon, levels=prior + diff, dims=model.dims, extras=extras)
+
+    def condition(self, model: PCDM, done: list[Tensor], k: int) -> Tensor | None:
+        return model.map.condition(done, k)
+
+    def finish(self, model: PCDM, k: int, z: Tensor) -> Tensor:
+        """A finished level is its z₀: the finer levels are conditioned on it."""
+        return z
+
+    def preview(self, model: PCDM, done: list[Tensor]) -> Tensor:
+        return model.preview(done)
+
+
+class DiscreteLevels:
+    """A discrete map (c-vdm's cascade, lift-pcdm): every level is a discrete image of its
+    own, with its own prior, diffusion and decoder, conditioned on the clean coarser levels.
+    Σₛ −ELBOₛ bounds −log P(x): exactly by the chain rule when the map is a bijection of
+    integer images (lifting), loosely otherwise (C-VDM drops the sum over the values of
+    the other scales)."""
+
+    def nelbo(self, model: PCDM, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
+        alpha_0, sigma_0 = alpha_sigma(gamma_0)
+        xs = model.map(x.long())
+        eps0_levels, eps_levels = model.map.noise_levels(noise.eps0), model.map.noise_levels(noise.eps)
+        priors, diffs, recons = [], [], []
+        for k, v in enumerate(xs):
+            c = model.encode_level(k, v)
+            cond = model.discrete_condition(xs, k)
+            priors.append(model.prior_kl(c, model.level_dims[k], gamma_1))
+            diffs.append(model.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+            z0 = alpha_0 * c + sigma_0 * eps0_levels[k]
+            recons.append(-model.log_p_x_given_z0(v, z0, gamma_0, k))
+        prior, diff, recon = (torch.stack(v, 1) for v in (priors, diffs, recons))
+        levels = prior + diff + recon
+        extras = model._extras(noise.t, steps, diff)
+        return Bound(prior.sum(1), diff.sum(1), recon.sum(1), levels=levels, dims=model.dims, extras=extras)
+
+    def condition(self, model: PCDM, done: list[Tensor], k: int) -> Tensor | None:
+        return model.discrete_condition(done, k)
+
+    def finish(self, model: PCDM, k: int, z: Tensor) -> Tensor:
+        """A finished level is decoded to its integers; the next one sees it clean."""
+        return model.decode_level(k, z)
+
+    def preview(self, model: PCDM, done: list[Tensor]) -> Tensor:
+        return model.map.octave_image(done).clamp(0, model.config.K - 1).to(torch.uint8)
+
+
+CONTINUOUS_LEVELS, DISCRETE_LEVELS = ContinuousLevels(), DiscreteLevels()
 
 
 def _shift(fourier, octaves):
