@@ -1,6 +1,6 @@
 """The cascaded diffusion model and its likelihood bound: SPEC §1, §3 and §5 in one place.
 
-A model is a hierarchical map h (maps.py), one γ schedule shared by all levels
+A model is a hierarchical map h (maps/), one γ schedule shared by all levels
 (schedules.py) and one ε-network per level (unet.py). ``PCDM.nelbo`` returns the negative
 ELBO of each image in nats, split into its terms
 
@@ -66,9 +66,10 @@ class ModelConfig:
             self.fourier = tuple(self.fourier)
         if spec.levels is not None:
             self.levels = spec.levels
-        if "wavelet" in spec.options:
-            self.wavelet = self.wavelet or "haar"  # runs from before --wavelet were Haar
-        elif self.wavelet is not None:
+        for name, default in spec.options.items():  # runs from before --wavelet were Haar
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.wavelet is not None and "wavelet" not in spec.options:
             raise ValueError(f"--wavelet applies to w-pcdm; model {self.model!r} has no wavelet")
         if len(self.image_shape) != 3 or self.image_shape[0] not in (1, 3):
             raise ValueError(f"image_shape must be (C, H, W) with C in {{1, 3}}, got {self.image_shape}")

@@ -8,9 +8,9 @@ call; no other file changes (docs/maps.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .maps import Cascade, Haar, HierarchicalMap, Identity, LaplacianPyramid, Lifting, Wavelet
+from .maps import Cascade, HierarchicalMap, Identity, LaplacianPyramid, Lifting, wavelet_map
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ModelSpec:
     build: Callable[..., HierarchicalMap]  # (levels, **options) → the map
     summary: str  # one line for --help and docs
     levels: int | None = None  # a fixed S (vdm: 1); None: S is chosen (--levels, default 2)
-    options: tuple[str, ...] = ()  # ModelConfig fields passed to ``build`` (w-pcdm: wavelet)
+    options: dict = field(default_factory=dict)  # ModelConfig fields passed to ``build``, with defaults
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -30,14 +30,15 @@ def register(
     build: Callable[..., HierarchicalMap],
     summary: str,
     levels: int | None = None,
-    options: tuple[str, ...] = (),
+    options: dict | None = None,
     replace: bool = False,
 ) -> ModelSpec:
     """Make ``pcdm train --model NAME`` (and ``ModelConfig(model=NAME)``) build this map.
-    ``build(levels, **options)`` is usually the map class itself."""
+    ``build(levels, **options)`` is usually the map class itself; ``options`` maps the
+    ModelConfig fields it takes to their defaults (w-pcdm: ``{"wavelet": "haar"}``)."""
     if name in _MODELS and not replace:
         raise ValueError(f"model {name!r} is already registered")
-    spec = ModelSpec(name, build, summary, levels, tuple(options))
+    spec = ModelSpec(name, build, summary, levels, dict(options or {}))
     _MODELS[name] = spec
     return spec
 
@@ -63,14 +64,8 @@ def build_model_map(name: str, levels: int, **options) -> HierarchicalMap:
     return spec.build(spec.levels or levels, **{k: options[k] for k in spec.options})
 
 
-def wavelet_map(levels: int, wavelet: str = "haar") -> HierarchicalMap:
-    """W-PCDM: the Haar map for ``haar`` (its band layout is what runs were trained with),
-    the periodized PyWavelets transform for any other orthogonal wavelet."""
-    return Haar(levels) if wavelet == "haar" else Wavelet(levels, wavelet)
-
-
 register("vdm", Identity, "single-scale VDM baseline (identity map, S = 1)", levels=1)
 register("c-vdm", Cascade, "C-VDM: cascade of subsampled images, not volume-preserving (a loose bound)")
 register("lp-pcdm", LaplacianPyramid, "exact Laplacian pyramid (tight frame, detail subspaces)")
-register("w-pcdm", wavelet_map, "orthonormal wavelet (--wavelet, default haar)", options=("wavelet",))
+register("w-pcdm", wavelet_map, "orthonormal wavelet (--wavelet, default haar)", options={"wavelet": "haar"})
 register("lift-pcdm", Lifting, "integer Haar lifting: every level a discrete image")

@@ -26,7 +26,7 @@ from .cascade import Cascade, DiscreteMap
 from .haar import Haar, haar_analysis, haar_synthesis
 from .laplacian import LaplacianPyramid, down, up
 from .lifting import Lifting, lift_analysis, lift_synthesis
-from .wavelet import Wavelet, wavelet_filters
+from .wavelet import Wavelet, wavelet_filters, wavelet_map
 
 # map name → class (``map.name``); the models built from them are in pcdm.registry.
 MAPS = {cls.name: cls for cls in (Identity, Haar, Wavelet, LaplacianPyramid, Cascade, Lifting)}
@@ -64,4 +64,5 @@ __all__ = [
     "octave_synthesis",
     "up",
     "wavelet_filters",
+    "wavelet_map",
 ]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HierarchicalMap, Lattice, band_shapes, check_divisible, octave_analysis, octave_synthesis
+from .haar import Haar
 
 ORTHOGONAL_HINT = "haar, db1…db38, sym2…sym20, coif1…coif17"
 
@@ -150,3 +151,9 @@ class Wavelet(HierarchicalMap):
 
     def view(self, k, z, cond):
         return None if k == 0 else F.pixel_unshuffle(self.synthesis(cond, z), 2)
+
+
+def wavelet_map(levels: int, wavelet: str = "haar") -> HierarchicalMap:
+    """W-PCDM's map: the Haar map for ``haar`` (its band layout is what runs were trained
+    with), the periodized transform of this module for any other orthogonal wavelet."""
+    return Haar(levels) if wavelet == "haar" else Wavelet(levels, wavelet)
