@@ -245,3 +245,24 @@ def test_lp_inverse_is_the_adjoint(levels):
     lhs = sum((a * c).sum() for a, c in zip(m(f), cs))
     torch.testing.assert_close(lhs, (f * m.inverse(cs)).sum())
     torch.testing.assert_close(m.inverse(m(f)), f)
+
+
+@pytest.mark.parametrize(
+    "name,levels,options",
+    [("identity", 1, {}), ("haar", 3, {}), ("lp", 3, {}), ("wavelet", 2, {"wavelet": "db4"})],
+)
+def test_orthonormal_coordinates_of_each_level(name, levels, options):
+    """What the codec codes: ``to_coords`` gives nₖ = dims[k] coordinates of level k in an
+    orthonormal basis of its subspace (rows orthonormal, spanning range(Πₖ)), and
+    ``from_coords`` maps them back onto the level."""
+    m = build_map(name, levels, **options)
+    chw = (2, 4, 8)
+    for k, (shape, n) in enumerate(zip(m.level_shapes(chw), m.dims(chw))):
+        size = int(np.prod(shape))
+        basis = torch.eye(size, dtype=torch.float64).reshape(size, *shape)
+        B = m.to_coords(k, m.project(k, basis)).T  # (nₖ × size): coordinates of Πₖ eᵢ
+        assert B.shape == (n, size)
+        torch.testing.assert_close(B @ B.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(B.T @ B, projector_matrix(m, k, shape), atol=1e-12, rtol=0)
+        v = m.project(k, rand((3, *shape), seed=k, dtype=torch.float64))
+        torch.testing.assert_close(m.from_coords(k, m.to_coords(k, v), shape), v, atol=1e-12, rtol=0)
