@@ -50,33 +50,50 @@ expected bits + 64) are replaced by (u + r) mod 2¹⁶ with r from a PRNG seeded
 (batch, level, step): a bijection done with uniform pops/pushes, free in bits and undone
 exactly by the decoder. With it the same case is within 0.2 % of the ELBO.
 
-Initial bits: the stack starts from a deterministic pseudo-random reservoir of words
-(fixed seed). The encoder records the lowest stack position ever reached (``kmin``); the
-reservoir words below it were never touched and are dropped from the file. The file's
-payload therefore contains the ``initial_bits`` = 32 (n_init − 2 − kmin) + 64 bits of
-reservoir actually consumed; the decoder ends with exactly the reservoir's top part,
-which it checks, in addition to the CRC-32 of the pixels. Each lane's first z₀ pop costs
-more bits than an image's net code length, so full batches from the start would need one
-pop's worth of initial bits per lane; the default *lane ramp* (``batch_layout``) grows the
-batches from one lane as the stream grows and needs about one lane's worth in all
+Initial bits and the seed: the first pops of a stream need bits that nothing pushed yet.
+The container stores the first m images classically (JPEG-XL or PNG lossless, the smaller:
+:func:`classical_record`) anyway, so their bytes (:func:`seed_words`) are the bottom of the
+stack and the first pops draw on them; the decoder gets them back intact once the chain is
+undone, and decodes those images from them. m is the fewest images whose records hold what
+the first one-lane batch draws (:func:`seed_need_bits`, ≈ 11 kbit for Fashion-MNIST, about
+4 images). Below the seed lies a deterministic pseudo-random reservoir of words (fixed seed)
+for whatever the seed does not cover; the encoder records the lowest stack position ever
+reached (``kmin``), the reservoir words below it were never touched and are dropped from
+the file, and the decoder checks that its stack ends in exactly the reservoir's top part and
+the seed. ``initial_bits`` = 32 (n_init − kmin) reservoir bits consumed (with no seed, 32
+(n_init − 2 − kmin) + 64: the ANS head then comes from the reservoir). Each lane's first z₀
+pop costs more bits than an image's net code length, so full batches from the start would
+need one pop's worth of initial bits per lane; the default *lane ramp* (``batch_layout``)
+grows the batches from one lane as the stream grows and needs about one lane's worth in all
 (measured: 600 kbit → 9.5 kbit for 300 Fashion-MNIST images at 64 lanes, same speed).
+
+Container: ``codec_cli.compress`` builds both the all-classical file (m = N: no stream, no
+model needed to decode) and the seeded bits-back file, and keeps the smaller (FLAG_CLASSICAL
+says which), so a file is never larger than the images' best JPEG-XL/PNG files + ≤ 3 bytes
+each (codec id, LEB128 length, below 16 KiB per file) + 104 header bytes + ≤ 8 padding bytes
++ the names or array shape.
 
 File format (all integers little-endian)::
 
     offset size  field
     0      4     magic b"PCDM"
-    4      1     version (1)
+    4      1     version (3)
     5      1     input kind: 0 = .npy array, 1 = image folder
     6      1     GRID_BITS (grid fraction 2^−g of the smallest std)
-    7      1     flags: bit 0 = lane ramp (see ``batch_layout``); other bits 0
+    7      1     flags: bit 0 = lane ramp (see ``batch_layout``), bit 1 = classical (every
+                 image in the seed, no stream); other bits 0
     8      32    model fingerprint (checkpoint.fingerprint, SHA-256)
-    40     4×13  T, B (lanes), N (images), C, H, W, K, n_init (reservoir words),
+    40     4×15  T, B (lanes), N (images), C, H, W, K, n_init (reservoir words),
                  kmin (pruned reservoir words), meta_len, payload_words,
-                 CRC-32 of the pixels (uint8, N×H×W×C), CRC-32 of the payload
-    92     4     CRC-32 of bytes 0..91 and the meta block
-    96     meta  kind 0: ndim (u8), ndim × u32 shape, dtype length (u8) + dtype string
+                 CRC-32 of the pixels (uint8, N×H×W×C), CRC-32 of the payload,
+                 m (seed images: the first m, stored classically), seed_words
+    100    4     CRC-32 of bytes 0..99 and the meta block
+    104    meta  kind 0: ndim (u8), ndim × u32 shape, dtype length (u8) + dtype string
                  kind 1: N × (u16 length + UTF-8 relative name), in coding order
-    …      4·payload_words  ANS words (uint32 LE), as ``AnsCoder.get_compressed()``
+    …      4·payload_words  ANS words (uint32 LE), as ``AnsCoder.get_compressed()``: the
+                 reservoir words kmin … n_init − 1, then the seed (m classical records:
+                 codec id u8 = index into ``baselines.CODECS``, LEB128 length, file; zero
+                 padding and a last byte p = padding bytes, 1..8), then the stream
 
 Every header field is bounds-checked before anything is allocated; the file length must
 match exactly. Any mismatch (model, size, checksum, stream) is a :class:`CodecError`
@@ -97,6 +114,7 @@ import constriction
 import numpy as np
 import torch
 
+from . import baselines
 from .maps import haar_analysis, haar_synthesis
 from .model import PCDM
 
@@ -113,9 +131,9 @@ WORK_PER_BIT = 64  # a decoder runs at most this many batch chain steps per payl
 RESERVOIR_SEED = 0x50434D44
 WHITEN_SEED = 0x57484954
 PIXEL_CHUNK = 8192  # rows of the categorical pixel model per constriction call
-HEADER = struct.Struct("<4sBBBB32s13I")
+HEADER = struct.Struct("<4sBBBB32s15I")
 HEADER_CRC = struct.Struct("<I")
-HEADER_SIZE = HEADER.size + HEADER_CRC.size  # 96
+HEADER_SIZE = HEADER.size + HEADER_CRC.size  # 104
 MAX_T = 100_000
 MAX_LANES = 65_536
 MAX_IMAGES = 1 << 26
@@ -587,14 +605,16 @@ class _Batch:
 @dataclass
 class Encoded:
     words: np.ndarray  # uint32 payload
-    n_init: int  # reservoir words at the start
+    n_init: int  # pseudo-random reservoir words below the seed at the start
     kmin: int  # reservoir words never touched (dropped from the payload)
     initial_bits: int  # reservoir bits the stream consumed (included in the payload)
+    seed_words: int = 0  # words of the seed (bottom of the payload, above the reservoir)
 
 
 # With the ramp, a batch of b lanes starts only once RAMP · b images are already on the stack.
 RAMP = 4
 FLAG_RAMP = 1
+FLAG_CLASSICAL = 2  # header flag: every image stored classically (no bits-back stream)
 
 
 class BatchLayout(Sequence):
@@ -660,19 +680,34 @@ def _tqdm(total, desc, progress):
 
 
 def encode_images(
-    model: PCDM, images: np.ndarray, steps: int, lanes: int, progress: bool = False, ramp: bool = False
+    model: PCDM,
+    images: np.ndarray,
+    steps: int,
+    lanes: int,
+    progress: bool = False,
+    ramp: bool = False,
+    seed: np.ndarray | None = None,
 ) -> Encoded:
-    """Encode uint8 images (N, H, W, C) into one ANS stream (see module docstring)."""
+    """Encode uint8 images (N, H, W, C) into one ANS stream (see module docstring).
+
+    ``seed``: uint32 words that the file stores anyway (:func:`seed_words`); the stack starts
+    from them, so the first pops draw on them instead of on pseudo-random initial bits, and
+    the decoder gets them back once the chain is undone. Pops beyond the seed draw on the
+    reservoir below it (counted in ``initial_bits``)."""
     model.eval()
     x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     model.check_input(x_all)
     _check_params(steps, lanes)
+    seed = np.zeros(0, dtype=np.uint32) if seed is None else np.asarray(seed, dtype=np.uint32)
+    if len(seed) == 1 or (len(seed) and seed[-1] == 0):
+        raise ValueError("a seed is ≥ 2 words and ends in a non-zero word (see seed_words)")
+    head = 0 if len(seed) else 2  # without a seed the ANS head comes from the reservoir
     batches = batch_layout(len(images), lanes, ramp)
     with _single_thread():
         grid = make_grid(model, steps)
         n_init = _estimate_reservoir(model, grid, min(lanes, len(images)))
         while True:
-            coder = _AnsCoder(reservoir(n_init))
+            coder = _AnsCoder(np.concatenate([reservoir(n_init), seed]))
             guard = _Guard(encoder=True)
             bar = _tqdm(len(batches) * len(model.level_shapes) * steps, "compress", progress)
             try:
@@ -685,8 +720,8 @@ def encode_images(
                 bar.close()
             break
     words = coder.get_compressed()
-    kmin = int(guard.low if guard.low is not None else n_init - 2)
-    return Encoded(words[kmin:].copy(), n_init, kmin, 32 * (n_init - 2 - kmin) + 64)
+    kmin = min(int(guard.low if guard.low is not None else n_init), n_init - head)
+    return Encoded(words[kmin:].copy(), n_init, kmin, 32 * (n_init - head - kmin) + 32 * head, len(seed))
 
 
 def decode_stream(
@@ -700,9 +735,11 @@ def decode_stream(
     preview_level: int | None = None,
     progress: bool = False,
     ramp: bool = False,
+    seed_words: int = 0,
 ):
     """Decode a stream; returns (images (N,H,W,C) uint8 or None, previews of level
-    ``preview_level`` (0-based) as uint8 (N,h,w,C) or None)."""
+    ``preview_level`` (0-based) as uint8 (N,h,w,C) or None, the seed's words (empty without
+    one; None when stopped early))."""
     model.eval()
     S = len(model.level_shapes)
     batches = batch_layout(n_images, lanes, ramp)
@@ -732,12 +769,161 @@ def decode_stream(
     if preview_level is not None:
         preview = np.concatenate([previews_out[i] for i in range(len(batches))])
         if preview_level < S - 1:
-            return None, preview
+            return None, preview, None
     images = np.concatenate([parts[i] for i in range(len(batches))])
     rest = coder.get_compressed()
-    if not np.array_equal(rest, reservoir(n_init, kmin)):
+    n_res = len(rest) - seed_words
+    if n_res < 0 or not np.array_equal(rest[:n_res], reservoir(n_init, kmin)):
         raise CodecError("corrupt stream: it does not end in the expected initial bits")
-    return images, preview
+    return images, preview, rest[n_res:].copy()
+
+
+# ---------------------------------------------------------------------------
+# Classical images: the fallback container, and the seed of the bits-back stream.
+
+CLASSICAL_CODECS = ("jpegxl", "png")  # tried for every image; the smallest file is kept
+CODEC_IDS = baselines.CODECS  # a record's first byte indexes this tuple
+SEED_MARGIN = 1.25  # whitening reads 1.25 × a pop's expected bits ahead (+ 64)
+
+
+def classical_codecs() -> list[str]:
+    names = [c for c in CLASSICAL_CODECS if c in baselines.available_codecs()]
+    if not names:
+        raise CodecError("no classical lossless codec is available (Pillow's PNG is needed)")
+    return names
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def classical_record(image: np.ndarray) -> bytes:
+    """One uint8 image (H, W, C) as the smallest of its CLASSICAL_CODECS files, framed as
+    codec id (1 byte, index into ``baselines.CODECS``), file length (LEB128), file bytes;
+    the file is decoded and checked bit-exact here, so the container always decodes."""
+    best = None
+    for name in classical_codecs():
+        data = baselines.encode(image, name)
+        if best is None or len(data) < len(best[1]):
+            best = (name, data)
+    name, data = best
+    H, W, C = image.shape
+    if not np.array_equal(_decode_file(name, data, H, W, C), image):
+        raise CodecError(f"the {name} codec of this build does not round-trip an image")
+    return bytes([CODEC_IDS.index(name)]) + _leb128(len(data)) + data
+
+
+def _decode_file(name: str, data: bytes, H: int, W: int, C: int) -> np.ndarray:
+    """Decode one classical file into (H, W, C) uint8, refusing any other size before the
+    pixels are allocated (a forged file cannot make the decoder allocate more)."""
+    if name == "png":
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as pil:
+            if pil.size != (W, H) or pil.mode != ("L" if C == 1 else "RGB"):
+                raise ValueError(f"PNG is {pil.mode} {pil.size}")
+            out = np.asarray(pil, dtype=np.uint8)
+    elif name == "jpegxl":
+        import imagecodecs
+
+        out = np.empty((H, W) if C == 1 else (H, W, C), dtype=np.uint8)
+        imagecodecs.jpegxl_decode(data, out=out, numthreads=1)
+    else:
+        raise ValueError(f"codec {name} is not used by the container")
+    return np.ascontiguousarray(out.reshape(H, W, C))
+
+
+def decode_records(blob: bytes, n: int, H: int, W: int, C: int) -> np.ndarray:
+    """Mirror of ``b"".join(classical_record(x) for x in images)``: (n, H, W, C) uint8."""
+    out, pos = [], 0  # one image at a time: memory follows the records actually present
+    for i in range(n):
+        if pos >= len(blob) or blob[pos] >= len(CODEC_IDS):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} has no valid codec id")
+        name, pos = CODEC_IDS[blob[pos]], pos + 1
+        size, shift = 0, 0
+        while True:
+            if pos >= len(blob) or shift > 28:
+                raise CodecError(f"corrupt .pcdm payload: classical image {i} has a bad length")
+            size |= (blob[pos] & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if not blob[pos - 1] & 0x80:
+                break
+        if pos + size > len(blob):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} is truncated")
+        try:
+            out.append(_decode_file(name, bytes(blob[pos : pos + size]), H, W, C))
+        except Exception as err:  # the codec libraries raise their own types
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} does not decode ({err})") from None
+        pos += size
+    if pos != len(blob):
+        raise CodecError("corrupt .pcdm payload: trailing bytes after the classical images")
+    return np.stack(out) if out else np.zeros((0, H, W, C), dtype=np.uint8)
+
+
+def seed_words(blob: bytes) -> np.ndarray:
+    """Bytes as uint32 words (LE) for the bottom of the stack: padded with zeros and a last
+    byte p = the number of padding bytes (1..8), so the last word is non-zero (ANS needs it)
+    and there are at least two words."""
+    pad = 4 - len(blob) % 4
+    if (len(blob) + pad) // 4 < 2:
+        pad += 4
+    raw = bytes(blob) + bytes(pad - 1) + bytes([pad])
+    return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+
+
+def seed_bytes(words: np.ndarray) -> bytes:
+    """Mirror of :func:`seed_words`."""
+    raw = np.asarray(words, dtype="<u4").tobytes()
+    pad = raw[-1] if raw else 0
+    if not 1 <= pad <= min(8, len(raw)) or any(raw[len(raw) - pad : -1]):
+        raise CodecError("corrupt .pcdm payload: bad padding of the classical images")
+    return raw[: len(raw) - pad]
+
+
+def seed_need_bits(model: PCDM, steps: int) -> float:
+    """Bits the first (one-lane) batch draws below the top of the stack: its z₀ pop and the
+    first pop of its first chain, each read 1.25 × ahead by the whitening (the ramp keeps
+    later batches paid from the bits already pushed); the seed should hold this much."""
+    grid = make_grid(model, steps)
+    bits = np.log2(np.sqrt(2 * np.pi * np.e) * grid.s_q / grid.delta)
+    finest = model.level_dims[-1]
+    z0_dims = finest if model.map.discrete else model.dims
+    return SEED_MARGIN * (z0_dims * bits[0] + finest * bits[1]) + 128
+
+
+def seed_count(record_sizes: Sequence[int], need_bits: float) -> int:
+    """How many leading images to store classically as the seed: the fewest whose records
+    hold ``need_bits`` (each costs its classical size instead of its bits-back size, ≈ 20 %
+    more, while every bit of seed the stream draws on saves a pseudo-random initial bit)."""
+    total = 0
+    for m, size in enumerate(record_sizes):
+        if 8 * total >= need_bits:
+            return m
+        total += size
+    return len(record_sizes)
+
+
+def clean_previews(model: PCDM, images: np.ndarray, level: int) -> np.ndarray:
+    """Previews of level ``level`` (0-based) made from known images (the classically stored
+    ones): the same resolution and kind as the progressive decoder's, from clean levels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).long()
+    with _single_thread():
+        if model.map.discrete:
+            xs = model.map(x)[: level + 1]
+            out = model.map.octave_image(xs).clamp(0, model.config.K - 1).to(torch.uint8)
+        else:
+            gam0 = float(model.schedule(torch.zeros((), dtype=model.dtype)))
+            alpha0 = math.sqrt(1 / (1 + math.exp(gam0)))
+            cs = model.map(model.encode(x))[: level + 1]
+            out = model.preview([alpha0 * c for c in cs])
+    return out.permute(0, 2, 3, 1).numpy()
 
 
 def _check_params(steps: int, lanes: int) -> None:
@@ -769,6 +955,13 @@ class Header:
     names: list[str] | None = None  # kind folder
     shape: tuple[int, ...] | None = None  # kind npy
     dtype: str | None = None
+    seed_images: int = 0  # the first images, stored classically as the stream's seed
+    seed_words: int = 0  # their words at the bottom of the payload
+
+    @property
+    def classical(self) -> bool:
+        """All images stored classically: no bits-back stream, no model needed."""
+        return self.seed_images == self.N
 
 
 def _meta_bytes(h: Header) -> bytes:
@@ -790,10 +983,11 @@ def _meta_bytes(h: Header) -> bytes:
 def pack(h: Header, words: np.ndarray) -> bytes:
     meta = _meta_bytes(h)
     payload = np.asarray(words, dtype="<u4").tobytes()
+    flags = (FLAG_RAMP if h.ramp else 0) | (FLAG_CLASSICAL if h.classical else 0)
     fixed = HEADER.pack(
-        MAGIC, VERSION, h.kind, GRID_BITS, FLAG_RAMP if h.ramp else 0, h.fingerprint,
+        MAGIC, VERSION, h.kind, GRID_BITS, flags, h.fingerprint,
         h.T, h.B, h.N, h.C, h.H, h.W, h.K, h.n_init, h.kmin, len(meta), len(words),
-        h.pixel_crc, zlib.crc32(payload),
+        h.pixel_crc, zlib.crc32(payload), h.seed_images, h.seed_words,
     )  # fmt: skip
     crc = zlib.crc32(meta, zlib.crc32(fixed))
     return fixed + HEADER_CRC.pack(crc) + meta + payload
@@ -805,7 +999,8 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
         raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
     fields = HEADER.unpack_from(data, 0)
     magic, version, kind, grid_bits, flags, fp = fields[:6]
-    T, B, N, C, H, W, K, n_init, kmin, meta_len, n_words, pixel_crc, payload_crc = fields[6:]
+    T, B, N, C, H, W, K, n_init, kmin, meta_len, n_words, pixel_crc, payload_crc = fields[6:19]
+    seed_images, seed_words = fields[19:]
     if magic != MAGIC:
         raise CodecError("not a .pcdm file (bad magic bytes)")
     if version != VERSION:
@@ -819,7 +1014,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     # Belt and braces: the header checksum can be forged, the bounds cannot be skipped.
     if grid_bits != GRID_BITS:
         raise CodecError(f"unsupported grid setting {grid_bits} in .pcdm header")
-    if flags & ~FLAG_RAMP:
+    if flags & ~(FLAG_RAMP | FLAG_CLASSICAL):
         raise CodecError(f"corrupt .pcdm header: unknown flags {flags:#04x}")
     if kind not in (KIND_NPY, KIND_FOLDER):
         raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
@@ -827,9 +1022,22 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
         raise CodecError(f"corrupt .pcdm header: T={T}, B={B}, N={N} out of range")
     if C not in (1, 3) or not (1 <= H <= MAX_SIDE and 1 <= W <= MAX_SIDE) or not 2 <= K <= 256:
         raise CodecError(f"corrupt .pcdm header: image shape {C}×{H}×{W}, K={K} invalid")
-    if not (2 <= n_init < 2**31 and kmin <= n_init - 2 and n_init - kmin <= n_words):
-        # The decoder ends with the reservoir words kmin … n_init − 1 on its stack, which a
-        # valid payload (net code length > 0) holds: checked before any of them is built.
+    classical = bool(flags & FLAG_CLASSICAL)
+    if (
+        seed_images > N
+        or classical != (seed_images == N)
+        or (seed_images == 0) != (seed_words == 0)
+        or seed_words == 1
+        or seed_words > n_words
+        or (classical and (seed_words != n_words or n_init or kmin))
+    ):
+        raise CodecError("corrupt .pcdm header: invalid classical-images record")
+    head = 0 if seed_words else 2
+    if not classical and not (
+        head <= n_init < 2**31 and kmin <= n_init - head and n_init - kmin + seed_words <= n_words
+    ):
+        # The decoder ends with the reservoir words kmin … n_init − 1 (and the seed) on its
+        # stack, which a valid payload holds: checked before any of them is built.
         raise CodecError("corrupt .pcdm header: invalid initial-bits record")
     if HEADER_SIZE + meta_len + 4 * n_words != len(data):
         raise CodecError(
@@ -842,6 +1050,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     if zlib.crc32(payload) != payload_crc:
         raise CodecError("corrupt .pcdm payload (checksum mismatch)")
     h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc, bool(flags & FLAG_RAMP))
+    h.seed_images, h.seed_words = seed_images, seed_words
     _parse_meta(h, meta)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     if words[-1] == 0:

@@ -28,6 +28,7 @@ from .data import DataError, as_images, image_array, read_image_folder
 
 DEFAULT_STEPS = 100
 DEFAULT_LANES = 64
+CONTAINERS = ("auto", "bits-back", "classical")
 
 
 def add_compress_parser(sub) -> None:
@@ -55,6 +56,14 @@ def add_compress_parser(sub) -> None:
         action="store_false",
         help="full batches from the first image (faster on few images, but every lane then "
         "needs its own initial bits); by default batches grow from one lane as the stream grows",
+    )
+    p.add_argument(
+        "--container",
+        choices=CONTAINERS,
+        default="auto",
+        help="auto (default): the smaller of the bits-back stream and the images stored classically "
+        "(JPEG-XL/PNG lossless, the smaller per image), so the file is never larger than those plus "
+        f"{codec.HEADER_SIZE} header bytes, the names and ≤ 3 bytes per image; or force one",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -144,71 +153,124 @@ def _array_input(src: Path, K: int):
     return images, h
 
 
-def compress(model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, progress, ramp=True):
-    """Encode and pack; returns (file bytes, stats dict)."""
+def compress(
+    model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, progress, ramp=True, container="auto"
+):
+    """Encode and pack; returns (file bytes, stats dict).
+
+    Every image gets a classical record (JPEG-XL or PNG lossless, the smaller). With
+    ``container="auto"`` the file is the smaller of (a) all records, no bits-back stream, and
+    (b) the first few records as the seed of a bits-back stream of the other images
+    (``codec.seed_count``), so it is never larger than (a): Σ records + header + metadata.
+    ``"bits-back"`` / ``"classical"`` force (b) / (a)."""
+    if container not in CONTAINERS:
+        raise ValueError(f"container must be one of {CONTAINERS}, got {container!r}")
     C, H, W = model.config.image_shape
     if images.shape[1:] != (H, W, C):
         raise DataError(
             f"images are {images.shape[2]}x{images.shape[1]} with {images.shape[3]} "
             f"channel(s) but the model expects {W}x{H} with {C}"
         )
+    N = len(images)
     t0 = time.perf_counter()
-    enc = codec.encode_images(model, images, steps, lanes, progress=progress, ramp=ramp)
-    seconds = time.perf_counter() - t0
+    records = [codec.classical_record(x) for x in images]
+    classical_s = time.perf_counter() - t0
     h.fingerprint = fingerprint(model)
-    h.T, h.B, h.N, h.C, h.H, h.W, h.K = steps, lanes, len(images), C, H, W, model.config.K
-    h.n_init, h.kmin, h.pixel_crc, h.ramp = enc.n_init, enc.kmin, codec.pixel_crc(images), ramp
-    blob = codec.pack(h, enc.words)
-    dims = len(images) * model.dims
+    h.T, h.B, h.N, h.C, h.H, h.W, h.K = steps, lanes, N, C, H, W, model.config.K
+    h.pixel_crc, h.ramp = codec.pixel_crc(images), ramp
+    h.seed_images, h.n_init, h.kmin = N, 0, 0
+    words = codec.seed_words(b"".join(records))
+    h.seed_words = len(words)
+    classical = codec.pack(h, words)
+    dims = N * model.dims
     stats = {
-        "bytes": len(blob),
-        "bpd": 8 * len(blob) / dims,
-        "initial_bits": enc.initial_bits,
-        "n_images": len(images),
-        "net_bpd": (8 * len(blob) - enc.initial_bits) / dims,
-        "payload_bpd": 32 * enc.words.size / dims,
+        "n_images": N,
+        "dims": model.dims,
         "steps": steps,
         "lanes": lanes,
         "ramp": ramp,
-        "dims": model.dims,
-        "seconds": seconds,
-        "images_per_s": len(images) / seconds if seconds > 0 else float("inf"),
+        "classical_bytes": len(classical),
+        "classical_codecs": {  # how many records each codec won
+            name: sum(r[0] == codec.CODEC_IDS.index(name) for r in records)
+            for name in codec.classical_codecs()
+        },
     }
+    m = codec.seed_count([len(r) for r in records], codec.seed_need_bits(model, steps))
+    if container == "bits-back":
+        m = min(m, N - 1)
+    blob = classical
+    if m < N and container != "classical":
+        seed = codec.seed_words(b"".join(records[:m])) if m else None
+        t0 = time.perf_counter()
+        enc = codec.encode_images(model, images[m:], steps, lanes, progress=progress, ramp=ramp, seed=seed)
+        bits_back_s = time.perf_counter() - t0
+        h.seed_images, h.seed_words, h.n_init, h.kmin = m, enc.seed_words, enc.n_init, enc.kmin
+        bits_back = codec.pack(h, enc.words)
+        coded = (N - m) * model.dims
+        stats.update(
+            bits_back_bytes=len(bits_back),
+            seed_images=m,
+            seed_bits=32 * enc.seed_words,
+            initial_bits=enc.initial_bits,
+            # The stream's growth per coded pixel value: without header, seed and initial
+            # bits (what a long stream approaches; compare with the −ELBO of those images).
+            net_bpd=(32 * (enc.words.size - enc.seed_words) - enc.initial_bits) / coded,
+            seconds=bits_back_s + classical_s,
+            images_per_s=(N - m) / bits_back_s if bits_back_s > 0 else float("inf"),
+        )
+        if len(bits_back) < len(classical) or container == "bits-back":
+            blob = bits_back
+    stats["container"] = "classical" if blob is classical else "bits-back"
+    stats["bytes"] = len(blob)
+    stats["bpd"] = 8 * len(blob) / dims
     return blob, stats
 
 
 def decompress(model, blob: bytes, preview_level: int | None = None, progress: bool = False):
     """Unpack and decode; returns (header, images or previews (N,h,w,C) uint8)."""
     h, words = codec.unpack(blob)
-    if h.fingerprint != fingerprint(model):
-        raise codec.CodecError(
-            "the file was compressed with a different model (fingerprint mismatch); use the "
-            "same run folder and weights"
-        )
     C, H, W = model.config.image_shape
     if (h.C, h.H, h.W, h.K) != (C, H, W, model.config.K):
         raise codec.CodecError("corrupt .pcdm header: image shape does not match the model")
     S = len(model.level_shapes)
-    bits = 32 * len(words)
-    # (The image count is checked first: it bounds the size of the batch layout.)
-    if bits < h.N or codec.WORK_PER_BIT * bits < h.T * S * len(codec.batch_layout(h.N, h.B, h.ramp)):
-        # Every image costs bits, and the decoder does at most WORK_PER_BIT chain steps of a
-        # batch per payload bit (a valid stream pays more than that: its initial bits alone
-        # are ≥ 64): a payload this small cannot hold what the header claims.
-        raise codec.CodecError("corrupt .pcdm file: payload too small for its header")
     if preview_level is not None and not 1 <= preview_level <= S:
         raise codec.CodecError(f"--preview-level must be in 1..{S} for this model")
     level = None if preview_level is None or preview_level == S else preview_level - 1
-    images, preview = codec.decode_stream(
-        model, words, h.N, h.T, h.B, h.n_init, h.kmin, preview_level=level, progress=progress, ramp=h.ramp
-    )
-    if images is None:
-        return h, preview
+    if h.classical:
+        images = codec.decode_records(codec.seed_bytes(words), h.N, H, W, C)
+    else:
+        if h.fingerprint != fingerprint(model):
+            raise codec.CodecError(
+                "the file was compressed with a different model (fingerprint mismatch); use the "
+                "same run folder and weights"
+            )
+        n_bb = h.N - h.seed_images
+        bits = 32 * (len(words) - h.seed_words)
+        # (The image count is checked first: it bounds the size of the batch layout.)
+        if bits < n_bb or codec.WORK_PER_BIT * bits < h.T * S * len(codec.batch_layout(n_bb, h.B, h.ramp)):
+            # Every image costs bits, and the decoder does at most WORK_PER_BIT chain steps
+            # of a batch per payload bit (a valid stream pays more: ≥ 64 initial or seed
+            # bits, and about a bit per pixel value): a payload this small is forged.
+            raise codec.CodecError("corrupt .pcdm file: payload too small for its header")
+        # Seeded files decode fully (the seed is at the bottom of the stack); their previews
+        # are made from the decoded images.
+        stop = None if h.seed_images else level
+        images, preview, seed = codec.decode_stream(
+            model, words, n_bb, h.T, h.B, h.n_init, h.kmin, preview_level=stop, progress=progress,
+            ramp=h.ramp, seed_words=h.seed_words,
+        )  # fmt: skip
+        if images is None:
+            return h, preview
+        if h.seed_images:
+            first = codec.decode_records(codec.seed_bytes(seed), h.seed_images, H, W, C)
+            images = np.concatenate([first, images])
     if codec.pixel_crc(images) != h.pixel_crc:
         raise codec.CodecError(
             "decoded pixels fail the CRC check: corrupt file, or decoded on a different "
             "torch/CPU build than it was encoded with"
         )
+    if level is not None:
+        return h, codec.clean_previews(model, images, level)
     return h, images
 
 
@@ -282,8 +344,9 @@ def run_compress(args) -> int:
     model, _ = load_run(args.run)
     images, h = read_input(args.input, model.config.K)
     blob, stats = compress(
-        model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json), ramp=args.ramp
-    )
+        model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json), ramp=args.ramp,
+        container=args.container,
+    )  # fmt: skip
     atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
     if reference := reference_bpd(images):  # classical lossless files of the same images
         stats["classical_bpd"] = reference
@@ -293,9 +356,16 @@ def run_compress(args) -> int:
         n = stats["n_images"]
         print(
             f"{n} image{'' if n == 1 else 's'} -> {args.output}: {stats['bytes']} bytes, "
-            f"{stats['bpd']:.4f} bits per pixel value ({stats['net_bpd']:.4f} without the "
-            f"{stats['initial_bits']} one-off initial bits; lower is better)"
+            f"{stats['bpd']:.4f} bits per pixel value (lower is better), {stats['container']} container"
         )
+        if "bits_back_bytes" in stats:
+            print(
+                f"  bits-back {stats['bits_back_bytes']} bytes ({stats['seed_images']} image(s) stored "
+                f"classically as its seed, {stats['initial_bits']} initial bits, "
+                f"{stats['net_bpd']:.4f} bpd net on the others); classical {stats['classical_bytes']} bytes"
+            )
+        else:
+            print(f"  too few images for bits-back to pay: all {n} stored classically")
         if "classical_bpd" in stats:
             cells = ", ".join(f"{k} {v:.4f}" for k, v in stats["classical_bpd"].items())
             print(f"  for reference, lossless codecs on the same images (each its own file): {cells} bpd")

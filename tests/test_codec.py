@@ -88,7 +88,10 @@ def small_file(run, test_images) -> bytes:
     model, _ = load_run(run)
     images, h = test_images[:12], codec.Header(codec.KIND_NPY, b"", *[0] * 10)
     h.shape, h.dtype = (12, 28, 28), "|u1"
-    blob, _ = codec_cli.compress(model, images[..., 0][..., None], h, 3, 4, progress=False)
+    blob, stats = codec_cli.compress(
+        model, images[..., 0][..., None], h, 3, 4, progress=False, container="bits-back"
+    )
+    assert stats["container"] == "bits-back" and stats["seed_images"] >= 1
     return blob
 
 
@@ -130,7 +133,7 @@ def test_roundtrip_1000_images_fresh_process_and_elbo(run, test_images, tmp_path
     out = tmp_path / "x.pcdm"
     torch.set_num_threads(2)
     rc = main(["compress", str(run), str(src), "-o", str(out), "--steps", str(T_TEST),
-               "--batch", "250", "--json"])  # fmt: skip
+               "--batch", "250", "--json", "--container", "bits-back"])  # fmt: skip
     assert rc == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_images"] == N_TEST and stats["bytes"] == out.stat().st_size
@@ -143,11 +146,11 @@ def test_roundtrip_1000_images_fresh_process_and_elbo(run, test_images, tmp_path
     assert np.array_equal(back, test_images[..., 0])
 
     model, _ = load_run(run)
-    bound = per_image_bpd(model, test_images, n_t=2, steps=T_TEST, progress=False)
-    elbo_bits = float(bound["bpd"].mean()) * N_TEST * model.dims
-    net_bits = 8 * stats["bytes"] - stats["initial_bits"]
-    assert abs(net_bits / elbo_bits - 1) < 0.01, (net_bits / elbo_bits, stats)
-    assert stats["initial_bits"] > 0
+    m = stats["seed_images"]  # the first m images are the stream's classically stored seed
+    assert 1 <= m <= 10 and stats["container"] == "bits-back"
+    bound = per_image_bpd(model, test_images[m:], n_t=2, steps=T_TEST, progress=False)
+    ratio = stats["net_bpd"] / float(bound["bpd"].mean())
+    assert abs(ratio - 1) < 0.01, (ratio, stats)
     assert stats["bpd"] == pytest.approx(8 * stats["bytes"] / (N_TEST * 784))
 
 
@@ -183,7 +186,7 @@ def test_other_maps_roundtrip(name):
     model = model.double() if double else model
     images = data.load("fashion-mnist", split="test", limit=6).images
     enc = codec.encode_images(model, images, steps=2, lanes=4)
-    back, _ = codec.decode_stream(model, enc.words, 6, 2, 4, enc.n_init, enc.kmin)
+    back, _, _ = codec.decode_stream(model, enc.words, 6, 2, 4, enc.n_init, enc.kmin)
     assert np.array_equal(back, images)
 
 
@@ -240,8 +243,9 @@ def _forge(blob: bytes, offset: int, value: int) -> bytes:
     b = bytearray(blob)
     struct.pack_into("<I", b, offset, value)
     meta_len = struct.unpack_from("<I", b, 40 + 4 * 9)[0]
-    crc = zlib.crc32(bytes(b[96 : 96 + meta_len]), zlib.crc32(bytes(b[:92])))
-    struct.pack_into("<I", b, 92, crc)
+    fixed, full = codec.HEADER.size, codec.HEADER_SIZE
+    crc = zlib.crc32(bytes(b[full : full + meta_len]), zlib.crc32(bytes(b[:fixed])))
+    struct.pack_into("<I", b, fixed, crc)
     return bytes(b)
 
 
@@ -249,7 +253,7 @@ def _forge_payload(blob: bytes, rng) -> bytes:
     """Flip a payload bit and fix the payload checksum, so the decoder must catch it."""
     b = bytearray(blob)
     meta_len = struct.unpack_from("<I", b, 40 + 4 * 9)[0]
-    start = 96 + meta_len
+    start = codec.HEADER_SIZE + meta_len
     pos = int(rng.integers(start, len(b)))
     b[pos] ^= 1 << int(rng.integers(8))
     struct.pack_into("<I", b, 40 + 4 * 12, zlib.crc32(bytes(b[start:])))
@@ -269,6 +273,7 @@ def test_fuzz_corrupt_files_fail_cleanly(run, small_file):
         cases.append(("truncate", small_file[: int(rng.integers(len(small_file)))]))
     cases.append(("extend", small_file + b"\0\0\0\0"))
     fields = {"T": 0, "B": 1, "N": 2, "H": 4, "K": 6, "n_init": 7, "kmin": 8, "meta": 9}
+    fields.update(seed_images=13, seed_words=14)
     for name, i in fields.items():  # forged headers: bounds, not checksums, must hold
         for value in (0, 1, 2**31, 2**32 - 1, int(rng.integers(2, 4000))):
             cases.append((f"forge {name}={value}", _forge(small_file, 40 + 4 * i, value)))
@@ -284,15 +289,17 @@ def test_fuzz_corrupt_files_fail_cleanly(run, small_file):
                 outcomes[what.split()[0]] = outcomes.get(what.split()[0], 0) + 1
                 continue
         # The only edit allowed to decode: a lane count that leaves the ramped layout of
-        # these 12 images unchanged (B only caps the batch size), giving the same pixels.
+        # the stream's images unchanged (B only caps the batch size), giving the same pixels.
         value = int(what.rpartition("=")[2]) if what.startswith("forge B=") else None
-        if value and codec.batch_layout(12, value, True) == codec.batch_layout(12, 4, True):
+        n_bb = 12 - codec.unpack(small_file)[0].seed_images  # the images in the stream
+        if value and codec.batch_layout(n_bb, value, True) == codec.batch_layout(n_bb, 4, True):
             assert np.array_equal(back, original)
             harmless += 1
             continue
         pytest.fail(f"{what}: corrupted file decoded without error")
-    # Only the random B in 2..4000 can be harmless (0, 1, 2³¹, 2³²−1 are rejected).
-    assert sum(outcomes.values()) == len(cases) - harmless and harmless <= 1 and len(cases) >= 40
+    # Only B = 1 and the random B in 2..4000 can be harmless (0, 2³¹, 2³²−1 are rejected):
+    # the ramped layout of the stream's few images has one-lane batches only.
+    assert sum(outcomes.values()) == len(cases) - harmless and harmless <= 2 and len(cases) >= 40
 
 
 def test_cli_corrupt_file_exit_code_and_no_output(run, small_file, tmp_path):
@@ -331,8 +338,15 @@ def test_header_flags():
     b = bytearray(blob)
     b[7] = 0x81  # an unknown flag bit, with the header checksum fixed
     meta_len = struct.unpack_from("<I", b, 40 + 4 * 9)[0]
-    struct.pack_into("<I", b, 92, zlib.crc32(bytes(b[96 : 96 + meta_len]), zlib.crc32(bytes(b[:92]))))
+    fixed, full = codec.HEADER.size, codec.HEADER_SIZE
+    crc = zlib.crc32(bytes(b[full : full + meta_len]), zlib.crc32(bytes(b[:fixed])))
+    struct.pack_into("<I", b, fixed, crc)
     with pytest.raises(codec.CodecError, match="unknown flags"):
+        codec.unpack(bytes(b))
+    b[7] = codec.FLAG_RAMP | codec.FLAG_CLASSICAL  # classical, but no classical images recorded
+    crc = zlib.crc32(bytes(b[full : full + meta_len]), zlib.crc32(bytes(b[:fixed])))
+    struct.pack_into("<I", b, fixed, crc)
+    with pytest.raises(codec.CodecError, match="classical-images record"):
         codec.unpack(bytes(b))
 
 
@@ -384,7 +398,7 @@ def test_ramp_cuts_initial_bits(run, test_images):
     enc = {r: codec.encode_images(model, images, steps=2, lanes=16, ramp=r) for r in (False, True)}
     assert enc[True].initial_bits < enc[False].initial_bits / 4, {r: e.initial_bits for r, e in enc.items()}
     for r, e in enc.items():
-        back, _ = codec.decode_stream(model, e.words, 48, 2, 16, e.n_init, e.kmin, ramp=r)
+        back, _, _ = codec.decode_stream(model, e.words, 48, 2, 16, e.n_init, e.kmin, ramp=r)
         assert np.array_equal(back, images)
     net = {r: 32 * e.words.size - e.initial_bits for r, e in enc.items()}
     assert net[True] == pytest.approx(net[False], rel=0.02)  # same model, same net cost
@@ -408,7 +422,7 @@ def test_codec_table_benchmark(run, tmp_path):
     rows = {r["steps"]: r for r in report["rows"]}
     assert rows[4]["images"] == 6 and rows[8]["images"] == 3
     for r in rows.values():
-        assert 0 < r["net_bpd"] < r["bpd"] and r["initial_bits"] > 0
+        assert r["net_bpd"] > 0 and r["initial_bits"] >= 0 and r["seed_images"] >= 1
         assert r["bytes"] * 8 / (r["images"] * 28 * 28) == pytest.approx(r["bpd"], rel=0.01)
         assert np.isfinite(r["elbo_bpd"]) and r["elbo_se"] > 0
         # A real code length near the bound (3–6 images and 4 draws of t: a loose check; the
@@ -454,7 +468,8 @@ def test_forged_headers_fail_fast_in_bounded_memory(run, small_file, tmp_path):
     address-space limit, with a one-line error or the original pixels."""
     (tmp_path / "good.pcdm").write_bytes(small_file)
     files = []
-    for i in range(13):  # T, B, N, C, H, W, K, n_init, kmin, meta_len, payload words, 2 CRCs
+    for i in range(15):  # T, B, N, C, H, W, K, n_init, kmin, meta_len, payload words, 2 CRCs,
+        # seed_images, seed_words
         for value in (0, 1, 3, 2**16, 2**31 - 1, 2**32 - 1):
             path = tmp_path / f"f{i}_{value}.pcdm"
             path.write_bytes(_forge(small_file, 40 + 4 * i, value))
