@@ -107,12 +107,14 @@ def test_out_of_package_map_trains_evaluates_samples_and_compresses(rot_model, t
     assert out["bpd"] == pytest.approx(out["bpd_level1"] + out["bpd_level2"] + out["bpd_recon"], rel=1e-5)
     assert main(["sample", str(run), "-n", "2", "--out", str(tmp_path / "s.png"), "--steps", "3"]) == 0
     assert (tmp_path / "s.png").is_file()
-    images = load("digits", "test", limit=4).images[..., 0]
+    images = load("digits", "test", limit=8).images[..., 0]
     np.save(tmp_path / "x.npy", images)
     blob = tmp_path / "x.pcdm"
-    assert (
-        main(["compress", str(run), str(tmp_path / "x.npy"), "-o", str(blob), "--steps", "2", "--quiet"]) == 0
-    )
+    compress = ["compress", str(run), str(tmp_path / "x.npy"), "-o", str(blob), "--steps", "2"]
+    capsys.readouterr()
+    assert main([*compress, "--container", "bits-back", "--json", "--quiet"]) == 0
+    stats = json.loads(capsys.readouterr().out)  # the model's bits-back coder, not the classical one
+    assert stats["container"] == "bits-back" and stats["seed_images"] < stats["n_images"] == 8
     back = tmp_path / "y.npy"
     assert main(["decompress", str(run), str(blob), "-o", str(back), "--quiet"]) == 0
     assert np.array_equal(np.load(back), images)
