@@ -159,8 +159,13 @@ def weight_files(run: Path) -> list[Path]:
 
 
 def fingerprint(model: PCDM) -> bytes:
-    """SHA-256 over the config and every weight's bytes: identifies a model exactly."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    """SHA-256 over the config and every weight's bytes: identifies a model exactly. The
+    Haar wavelet is what w-pcdm meant before ``--wavelet`` existed, so it is left out of
+    the hash and files made by those runs still decode."""
+    config = model.config.to_dict()
+    if config.get("wavelet") == "haar":
+        del config["wavelet"]
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())

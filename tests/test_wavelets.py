@@ -5,6 +5,7 @@ run's config (and so in the codec fingerprint, which hashes it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 
@@ -139,6 +140,15 @@ def test_config_records_the_wavelet_and_old_configs_load_as_haar():
     b = PCDM(ModelConfig.from_dict({**d, "wavelet": "sym4"}))
     b.load_state_dict(a.state_dict())
     assert fingerprint(a) != fingerprint(b)
+    # a Haar run's fingerprint is the one it had before --wavelet (config without the key),
+    # so .pcdm files made by runs from before still decode
+    haar = PCDM(ModelConfig.from_dict(old))
+    before = {k: v for k, v in haar.config.to_dict().items() if k != "wavelet"}
+    h = hashlib.sha256(json.dumps(before, sort_keys=True).encode())
+    for name, t in sorted(haar.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    assert fingerprint(haar) == h.digest()
 
 
 def test_db4_model_bound_is_finite_and_trains():
