@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -170,3 +171,89 @@ def fingerprint(model: PCDM) -> bytes:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.digest()
+
+
+# --- training checkpoints ---------------------------------------------------------
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split the optimiser state into tensors (safetensors) and plain values (JSON)."""
+    sd = opt.state_dict()
+    tensors, plain = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{name}"] = v
+            else:
+                plain["state"].setdefault(str(idx), {})[name] = v
+    return tensors, plain
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, plain: dict) -> None:
+    state: dict = {int(k): dict(v) for k, v in plain["state"].items()}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: int) -> None:
+    """ckpt/step_N/ written in a temporary folder and renamed: complete or absent."""
+    ckdir = run / "ckpt"
+    final = ckdir / f"step_{step:08d}"
+    tmp = ckdir / f".tmp_step_{step:08d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    opt_t, opt_plain = optimizer_tensors(opt)
+    save_tensors(tmp / "model.safetensors", model.state_dict(), {"step": step})
+    save_tensors(tmp / "ema.safetensors", ema.module.state_dict(), {"step": step})
+    save_tensors(tmp / "optim.safetensors", opt_t)
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["torch_cuda"] = torch.cuda.get_rng_state()
+    save_tensors(tmp / "rng.safetensors", rng)
+    state = dict(extra, step=step, optimizer=opt_plain, ema_n_averaged=int(ema.n_averaged))
+    write_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    # The run's top-level weights always mirror the newest checkpoint.
+    shutil.copyfile(final / "model.safetensors", run / ".model.tmp")
+    os.replace(run / ".model.tmp", run / "model.safetensors")
+    shutil.copyfile(final / "ema.safetensors", run / ".ema.tmp")
+    os.replace(run / ".ema.tmp", run / "ema.safetensors")
+    for old in sorted(ckdir.glob("step_*"))[: -max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckdir.glob(".tmp_step_*"):  # left by a crash mid-checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def restore_checkpoint(run: Path, world: int, model, ema, opt, device) -> int:
+    """Load the newest complete checkpoint of ``run`` into model, EMA, optimiser and the
+    torch RNG; return its step. Refuses another world size (the data order would change)."""
+    ck = latest_checkpoint(run)
+    if ck is None:
+        raise RunError(f"{run} has no complete checkpoint to resume from")
+    try:
+        state = json.loads((ck / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no integer 'step'")
+    except ValueError as err:
+        raise RunError(f"{ck / 'state.json'} is not a valid checkpoint state ({err})") from None
+    if state.get("world", world) != world:
+        raise RunError(
+            f"{run} was trained on {state['world']} process(es) and is resumed on {world}: the "
+            f"global batch and data order would change; resume with --nproc_per_node {state['world']}"
+        )
+    try:
+        model.load_state_dict(load_tensors(ck / "model.safetensors"))
+        ema.module.load_state_dict(load_tensors(ck / "ema.safetensors"))
+        ema.n_averaged.fill_(state["ema_n_averaged"])
+        load_optimizer(opt, load_tensors(ck / "optim.safetensors"), state["optimizer"])
+        rng = load_tensors(ck / "rng.safetensors")
+    except (KeyError, TypeError, RuntimeError) as err:  # weights or state from another config
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"{ck} does not match {run / 'config.json'}: {first}") from None
+    torch.set_rng_state(rng["torch_cpu"])
+    if "torch_cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["torch_cuda"])
+    return state["step"]

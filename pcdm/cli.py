@@ -10,7 +10,7 @@ import sys
 
 # subcommand → module that implements it
 COMMANDS = {
-    "train": "pcdm.train",
+    "train": "pcdm.train_cli",
     "eval": "pcdm.commands",
     "sample": "pcdm.commands",
     "demo": "pcdm.commands",

@@ -17,12 +17,9 @@ skips the step (and stops with a clear error after repeated failures).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +28,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import dist, registry
+from . import dist
 from .checkpoint import (
     RunError,
     atomic_write,
     latest_checkpoint,
-    load_tensors,
-    read_config,
-    save_tensors,
+    restore_checkpoint,
+    save_checkpoint,
     write_json,
 )
 from .commands import save_grid
-from .data import load, resolve_spec
+from .data import load
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
-from .presets import get_preset
 
 
 @dataclass
@@ -135,57 +130,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # --- checkpoints ---------------------------------------------------------------------
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Split the optimiser state into tensors (safetensors) and plain values (JSON)."""
-    sd = opt.state_dict()
-    tensors, plain = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{name}"] = v
-            else:
-                plain["state"].setdefault(str(idx), {})[name] = v
-    return tensors, plain
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, plain: dict) -> None:
-    state: dict = {int(k): dict(v) for k, v in plain["state"].items()}
-    for key, v in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
-
-
-def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: int) -> None:
-    """ckpt/step_N/ written in a temporary folder and renamed: complete or absent."""
-    ckdir = run / "ckpt"
-    final = ckdir / f"step_{step:08d}"
-    tmp = ckdir / f".tmp_step_{step:08d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    opt_t, opt_plain = optimizer_tensors(opt)
-    save_tensors(tmp / "model.safetensors", model.state_dict(), {"step": step})
-    save_tensors(tmp / "ema.safetensors", ema.module.state_dict(), {"step": step})
-    save_tensors(tmp / "optim.safetensors", opt_t)
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["torch_cuda"] = torch.cuda.get_rng_state()
-    save_tensors(tmp / "rng.safetensors", rng)
-    state = dict(extra, step=step, optimizer=opt_plain, ema_n_averaged=int(ema.n_averaged))
-    write_json(tmp / "state.json", state)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    # The run's top-level weights always mirror the newest checkpoint.
-    shutil.copyfile(final / "model.safetensors", run / ".model.tmp")
-    os.replace(run / ".model.tmp", run / "model.safetensors")
-    shutil.copyfile(final / "ema.safetensors", run / ".ema.tmp")
-    os.replace(run / ".ema.tmp", run / "ema.safetensors")
-    for old in sorted(ckdir.glob("step_*"))[: -max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckdir.glob(".tmp_step_*"):  # left by a crash mid-checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 # --- the loop ------------------------------------------------------------------------
 
 
@@ -213,33 +157,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2))
     step = 0
     if resume:
-        ck = latest_checkpoint(run)
-        if ck is None:
-            raise RunError(f"{run} has no complete checkpoint to resume from")
-        try:
-            state = json.loads((ck / "state.json").read_text())
-            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-                raise ValueError("no integer 'step'")
-        except ValueError as err:
-            raise RunError(f"{ck / 'state.json'} is not a valid checkpoint state ({err})") from None
-        if state.get("world", world) != world:
-            raise RunError(
-                f"{run} was trained on {state['world']} process(es) and is resumed on {world}: the "
-                f"global batch and data order would change; resume with --nproc_per_node {state['world']}"
-            )
-        try:
-            model.load_state_dict(load_tensors(ck / "model.safetensors"))
-            ema.module.load_state_dict(load_tensors(ck / "ema.safetensors"))
-            ema.n_averaged.fill_(state["ema_n_averaged"])
-            load_optimizer(opt, load_tensors(ck / "optim.safetensors"), state["optimizer"])
-            rng = load_tensors(ck / "rng.safetensors")
-        except (KeyError, TypeError, RuntimeError) as err:  # weights or state from another config
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunError(f"{ck} does not match {run / 'config.json'}: {first}") from None
-        torch.set_rng_state(rng["torch_cpu"])
-        if "torch_cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["torch_cuda"])
-        step = state["step"]
+        step = restore_checkpoint(run, world, model, ema, opt, device)
         if dist.is_main():
             _truncate_metrics(run / "metrics.jsonl", step)
     elif dist.is_main():
@@ -397,153 +315,3 @@ def _tensorboard(run: Path):
     except ImportError:
         raise RunError("--tensorboard needs the 'tensorboard' package: pip install tensorboard") from None
     return SummaryWriter(str(run / "tb"))
-
-
-# --- command line --------------------------------------------------------------------
-
-
-def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a dataset", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--model",
-        choices=registry.names(),
-        help="model family (default w-pcdm): "
-        + "; ".join(f"{s.name}: {s.summary}" for s in map(registry.get, registry.names())),
-    )
-    p.add_argument(
-        "--wavelet",
-        metavar="NAME",
-        help="w-pcdm only: any orthogonal PyWavelets wavelet, periodized (default haar; e.g. db4, sym8, "
-        "coif2); biorthogonal wavelets are refused, their likelihood would not be exact",
-    )
-    p.add_argument(
-        "--data", help="dataset name, name:root, image folder or .npy/.npz (default fashion-mnist)"
-    )
-    p.add_argument("--out", type=Path, help="run folder to create")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
-    p.add_argument(
-        "--preset", default="small", help="small (CPU), tiny, or a paper preset e.g. cifar10-w-pcdm"
-    )
-    p.add_argument("--levels", type=int, help="number of levels S (default 2 for PCDM models)")
-    p.add_argument("--steps", type=int, help="stop after N optimiser steps")
-    p.add_argument("--minutes", type=float, help="stop after M minutes of wall-clock time")
-    for name, typ in [("width", int), ("detail-width", int), ("depth", int), ("dropout", float)]:
-        p.add_argument(f"--{name}", type=typ, help="network knob (overrides the preset)")
-    p.add_argument("--no-attention", action="store_true", help="drop the middle attention block")
-    p.add_argument(
-        "--no-lattice-features",
-        action="store_true",
-        help="do not give the networks Fourier features of the conditioning and octave view (ablation)",
-    )
-    p.add_argument(
-        "--schedule", choices=["fixed", "learned", "monotone"], help="γ schedule (default learned)"
-    )
-    for name, typ in [
-        ("batch", int),
-        ("accum", int),
-        ("lr", float),
-        ("warmup", int),
-        ("ema", float),
-        ("grad-clip", float),
-        ("seed", int),
-        ("limit", int),
-        ("log-every", int),
-        ("ckpt-every", int),
-        ("keep", int),
-        ("sample-every", int),
-        ("sample-steps", int),
-    ]:
-        p.add_argument(f"--{name}", type=typ, help=f"training option {name} (overrides the preset)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tb (needs tensorboard)")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the resolved config and parameter count, then exit",
-    )
-    p.set_defaults(func=run_train)
-
-
-def resolve(args) -> tuple[ModelConfig, TrainConfig]:
-    """preset < command-line flags; image shape and K come from the data."""
-    preset = get_preset(args.preset)
-    m = dict(preset["model"])
-    t = {k: v for k, v in preset["train"].items() if k in {f.name for f in fields(TrainConfig)}}
-    if args.model:
-        m["model"] = args.model
-    m.setdefault("model", "w-pcdm")
-    if args.levels is not None:
-        m["levels"] = args.levels
-    for key in ("wavelet", "width", "detail_width", "depth", "dropout", "schedule"):
-        if getattr(args, key) is not None:
-            m[key] = getattr(args, key)
-    if args.no_attention:
-        m["attention"] = False
-    if args.no_lattice_features:
-        m["lattice_features"] = False
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None and v is not False:
-            t[f.name] = v
-    tcfg = TrainConfig(**t)
-    tcfg.data = resolve_spec(tcfg.data)  # the run evaluates from any working directory
-    if tcfg.keep < 1:
-        raise ValueError(f"--keep must be ≥ 1 (the newest checkpoint is always kept), got {tcfg.keep}")
-    if tcfg.steps is None and tcfg.minutes is None:
-        raise ValueError("say how long to train: --steps N or --minutes M")
-    data = load(tcfg.data, "train", limit=1)
-    m["image_shape"], m["K"] = data.shape_chw, data.K
-    return ModelConfig(**m), tcfg
-
-
-def run_train(args) -> int:
-    if args.resume is not None:
-        saved = read_config(args.resume)
-        try:
-            mcfg = ModelConfig.from_dict(saved["model"])
-            tcfg = TrainConfig(**saved["train"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise RunError(f"{args.resume / 'config.json'} is not a valid run config ({err})") from None
-        for key in ("steps", "minutes"):  # a resumed run may be given a new stopping point
-            if getattr(args, key) is not None:
-                setattr(tcfg, key, getattr(args, key))
-        result = train(mcfg, tcfg, args.resume, resume=True, device=args.device)
-    else:
-        if args.out is None:
-            raise ValueError("--out RUN is required (or --resume RUN)")
-        mcfg, tcfg = resolve(args)
-        if args.dry_run:
-            n = count_parameters(PCDM(mcfg))
-            print(json.dumps({"model": mcfg.to_dict(), "train": asdict(tcfg), "params": n}, indent=2))
-            return 0
-        if (args.out / "config.json").exists():
-            raise ValueError(f"{args.out} already holds a run; use --resume {args.out} or another --out")
-        result = train(mcfg, tcfg, args.out, device=args.device)
-    if dist.is_main():
-        report_end(args.resume or args.out, tcfg, result, args.device)
-    return 0
-
-
-def report_end(run: Path, cfg: TrainConfig, result: dict, device: str, n_images: int = 256) -> None:
-    """What a user needs when training stops: the EMA bound on a fixed held-out subset
-    (not the last batch), where the files are, and what to run next."""
-    from .commands import evaluate_run
-
-    try:
-        out = evaluate_run(run, limit=n_images, progress=False, device="cpu" if device == "auto" else device)
-        bound = (
-            f"EMA bound {out['bpd']:.4f} ± {out['bpd_se']:.4f} bpd on the first {out['n_images']} held-out "
-            f"images of {out['data']} (an upper bound on −log2 P(x)/d; lower is better)"
-        )
-    except (ValueError, OSError) as err:  # e.g. data too small for a held-out part
-        bound = f"no held-out bound ({err})"
-    samples = sorted((run / "samples").glob("*.png"))
-    lines = [
-        f"trained to step {result['step']}; {bound}",
-        f"  weights: {run / 'ema.safetensors'} (EMA, used by default) and {run / 'model.safetensors'}",
-        f"  log:     {run / 'metrics.jsonl'}" + (f"; samples: {samples[-1]}" if samples else ""),
-        f"  next:    pcdm eval {run}  |  pcdm sample {run} -n 64 --out samples.png  |  "
-        f"pcdm compress {run} IMAGES -o out.pcdm",
-    ]
-    print("\n".join(lines), file=sys.stderr)
