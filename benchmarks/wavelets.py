@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             ev += ["--limit", str(args.limit)]
         out = subprocess.run([*PCDM, *ev], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
-        rows[wavelet] = {"run": str(run), "train": "pcdm " + shlex.join(cmd), **json.loads(out.stdout)}
+        shown = [c.replace(f"{ROOT}/", "") for c in cmd]  # paths relative to the repository
+        rows[wavelet] = {"run": shown[shown.index("--out") + 1], "train": "pcdm " + shlex.join(shown)}
+        rows[wavelet].update(json.loads(out.stdout))
     lines = [
         f"# W-PCDM: orthonormal wavelets at equal steps ({args.data})",
         "",
