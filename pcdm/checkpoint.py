@@ -227,9 +227,10 @@ def save_checkpoint(run: Path, step: int, model, ema, opt, extra: dict, keep: in
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def restore_checkpoint(run: Path, world: int, model, ema, opt, device) -> int:
+def restore_checkpoint(run: Path, world: int, model, ema, opt, device) -> dict:
     """Load the newest complete checkpoint of ``run`` into model, EMA, optimiser and the
-    torch RNG; return its step. Refuses another world size (the data order would change)."""
+    torch RNG; return its state (``step`` and what else training saved). Refuses another
+    world size (the data order would change)."""
     ck = latest_checkpoint(run)
     if ck is None:
         raise RunError(f"{run} has no complete checkpoint to resume from")
@@ -256,4 +257,4 @@ def restore_checkpoint(run: Path, world: int, model, ema, opt, device) -> int:
     torch.set_rng_state(rng["torch_cpu"])
     if "torch_cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["torch_cuda"])
-    return state["step"]
+    return state

@@ -74,6 +74,15 @@ def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     return {k: float(v) / world() for k, v in zip(keys, t.tolist())}
 
 
+def all_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum a tensor over ranks (on ``device`` for the collective); returned where it was."""
+    if not dist.is_initialized():
+        return t
+    out = t.to(device)
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -149,6 +149,7 @@ class Noise:
     eps0: Tensor
     eps: Tensor
     t: Tensor
+    w: Tensor | None = None  # (S, N) weights 1/p(t) when t was drawn from a density p (timesampling)
 
     @staticmethod
     def draw(shape, levels: int, generator=None, device="cpu", dtype=None) -> Noise:
@@ -159,7 +160,16 @@ class Noise:
         return Noise(eps0, eps, t)
 
     def slice(self, start: int, stop: int) -> Noise:
-        return Noise(self.eps0[start:stop], self.eps[start:stop], self.t[:, start:stop])
+        w = None if self.w is None else self.w[:, start:stop]
+        return Noise(self.eps0[start:stop], self.eps[start:stop], self.t[:, start:stop], w)
+
+    def to(self, device) -> Noise:
+        w = None if self.w is None else self.w.to(device)
+        return Noise(self.eps0.to(device), self.eps.to(device), self.t.to(device), w)
+
+    def weight(self, k: int) -> Tensor | None:
+        """Level k's importance weights, or None for uniform times."""
+        return None if self.w is None else self.w[k]
 
 
 # A denoiser maps (level k, z_t, γ_t, cond) ↦ ε̂; the networks are one, oracles another.
@@ -344,8 +354,10 @@ class PCDM(nn.Module):
         cond: Tensor | None,
         steps: int | None,
         denoiser: Denoiser,
+        w: Tensor | None = None,
     ) -> Tensor:
-        """One-sample estimate of level k's diffusion term, (N,), at times t ∈ [0, 1)."""
+        """One-sample estimate of level k's diffusion term, (N,), at times t ∈ [0, 1)
+        drawn uniformly, or from a density p with importance weights w = 1/p(t)."""
         if steps is None:  # continuous time: ½ γ'(t) ‖ε − ε̂‖²
             gamma_t, weight = self.schedule.gamma_and_slope(t)
         else:  # T steps: ½ T expm1(γ(tᵢ) − γ(tᵢ₋₁)) ‖ε − ε̂‖²
@@ -355,6 +367,8 @@ class PCDM(nn.Module):
         alpha_t, sigma_t = (v.view(-1, 1, 1, 1) for v in alpha_sigma(gamma_t))
         z_t = alpha_t * c + sigma_t * eps
         eps_hat = self.map.project(k, denoiser(k, z_t, gamma_t, cond))  # Πₖ ε̂ (SPEC §3)
+        if w is not None:
+            weight = weight * w
         return 0.5 * weight * (eps - eps_hat).flatten(1).pow(2).sum(1)
 
     # --- the bound ----------------------------------------------------------
@@ -481,7 +495,8 @@ class ContinuousLevels:
         for k, c in enumerate(cs):
             cond = model.map.condition(conds, k)
             priors.append(model.prior_kl(c, model.level_dims[k], gamma_1))
-            diffs.append(model.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+            t, w = noise.t[k], noise.weight(k)
+            diffs.append(model.diffusion_loss(k, c, eps_levels[k], t, cond, steps, denoiser, w))
         prior, diff = torch.stack(priors, 1), torch.stack(diffs, 1)
         extras = model._extras(noise.t, steps, diff)
         return Bound(prior.sum(1), diff.sum(1), recon, levels=prior + diff, dims=model.dims, extras=extras)
@@ -513,7 +528,8 @@ class DiscreteLevels:
             c = model.encode_level(k, v)
             cond = model.discrete_condition(xs, k)
             priors.append(model.prior_kl(c, model.level_dims[k], gamma_1))
-            diffs.append(model.diffusion_loss(k, c, eps_levels[k], noise.t[k], cond, steps, denoiser))
+            t, w = noise.t[k], noise.weight(k)
+            diffs.append(model.diffusion_loss(k, c, eps_levels[k], t, cond, steps, denoiser, w))
             z0 = alpha_0 * c + sigma_0 * eps0_levels[k]
             recons.append(-model.log_p_x_given_z0(v, z0, gamma_0, k))
         prior, diff, recon = (torch.stack(v, 1) for v in (priors, diffs, recons))

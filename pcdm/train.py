@@ -40,6 +40,7 @@ from .checkpoint import (
 from .commands import save_grid
 from .data import load
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
+from .timesampling import TimeSampler
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     max_bad_steps: int = 5  # consecutive non-finite steps before giving up
     tensorboard: bool = False
+    t_sampling: str = "uniform"  # uniform | importance (per-level time density, unbiased)
 
 
 # --- deterministic data order --------------------------------------------------------
@@ -155,9 +157,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     model = PCDM(model_cfg).to(device)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2))
+    if cfg.t_sampling not in ("uniform", "importance"):
+        raise ValueError(f"--t-sampling must be uniform or importance, got {cfg.t_sampling!r}")
+    sampler = TimeSampler(len(model.level_shapes)) if cfg.t_sampling == "importance" else None
     step = 0
     if resume:
-        step = restore_checkpoint(run, world, model, ema, opt, device)
+        state = restore_checkpoint(run, world, model, ema, opt, device)
+        step = state["step"]
+        if sampler is not None:
+            if "time_sampler" not in state:
+                raise RunError(f"{run}: its checkpoint has no time-sampler state to resume from")
+            sampler.load_state_dict(state["time_sampler"])
         if dist.is_main():
             _truncate_metrics(run / "metrics.jsonl", step)
     elif dist.is_main():
@@ -175,6 +185,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
                 },
             },
         )
+
+    def extra_state() -> dict:
+        """What a checkpoint needs beyond weights and optimiser to resume exactly."""
+        state = {"seed": cfg.seed, "world": world}
+        return state if sampler is None else {**state, "time_sampler": sampler.state_dict()}
+
     ddp = DistributedDataParallel(model) if world > 1 else model
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     global_batch = cfg.batch * world
@@ -199,7 +215,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
-        terms = {}
+        terms, stats = {}, None
         for m in range(cfg.accum):
             micro = step * cfg.accum + m
             idx = batch_indices(len(images), global_batch, cfg.seed, micro)
@@ -207,10 +223,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             torch.manual_seed(dropout_seed(cfg.seed, step, m, rank))
             g = torch.Generator().manual_seed(noise_seed(cfg.seed, step, m))
             noise = Noise.draw((global_batch, *x.shape[1:]), len(model.level_shapes), g)
-            noise = noise.slice(rank * cfg.batch, (rank + 1) * cfg.batch)
-            noise = Noise(noise.eps0.to(device), noise.eps.to(device), noise.t.to(device))
+            if sampler is not None:  # the same draw on every rank, before slicing
+                noise = Noise(noise.eps0, noise.eps, *sampler.transform(noise.t))
+            noise = noise.slice(rank * cfg.batch, (rank + 1) * cfg.batch).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, bound = _loss(ddp, x, noise)
+            if sampler is not None:  # ℓ_k(t) = weighted term / weight, binned by t
+                new = sampler.statistics(noise.t, bound.extras["diffusion_levels"].T / noise.w)
+                stats = new if stats is None else tuple(a + b for a, b in zip(stats, new))
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
             for k, v in bound.bpd().items():
@@ -232,6 +252,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             step += 1
             continue
         bad = 0
+        if sampler is not None:
+            sampler.update(*(dist.all_sum(v, device) for v in stats))
         opt.step()
         ema.update_parameters(model)
         step += 1
@@ -260,7 +282,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
                 for k, v in last.items():
                     writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.ckpt_every == 0 and dist.is_main():
-            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed, "world": world}, cfg.keep)
+            save_checkpoint(run, step, model, ema, opt, extra_state(), cfg.keep)
         if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main():
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
     bar.close()
@@ -270,7 +292,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         log.flush()
     if dist.is_main():
         if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"step_{step:08d}":
-            save_checkpoint(run, step, model, ema, opt, {"seed": cfg.seed, "world": world}, cfg.keep)
+            save_checkpoint(run, step, model, ema, opt, extra_state(), cfg.keep)
         if cfg.sample_steps > 0:
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
         log.close()

@@ -68,6 +68,12 @@ def add_train_parser(sub) -> None:
     ]:
         p.add_argument(f"--{name}", type=typ, help=f"training option {name} (overrides the preset)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument(
+        "--t-sampling",
+        choices=["uniform", "importance"],
+        help="how training draws each level's diffusion time: uniform (default), or importance "
+        "sampling learned per level (same bound in expectation, less variance; pcdm/timesampling.py)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tb (needs tensorboard)")
     p.add_argument(
