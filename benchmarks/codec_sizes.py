@@ -1,7 +1,7 @@
 """File sizes per image count: the .pcdm container against the classical files.
 
     python benchmarks/codec_sizes.py RUN [--data fashion-mnist] [--counts 1 10 40 1000]
-        [--steps 100] [--out benchmarks/results/codec_sizes.md]
+        [--steps 100] [--reuse benchmarks/results/codec.json] [--out benchmarks/results/codec_sizes.md]
 
 For every count n the first n test images are compressed as ``pcdm compress`` does by
 default (``--container auto``: the smaller of the bits-back file, whose first images are
@@ -9,6 +9,11 @@ stored classically as the stream's seed, and the all-classical file) and decoded
 (checked bit-exact). Beside it: the bits-back and classical candidates, the sum of the
 per-image JPEG-XL and PNG files, and of the best classical file per image (PNG, WebP,
 JPEG-XL, JPEG-LS, each image its own file, from :func:`pcdm.baselines.compare`).
+
+``--reuse TABLE.json``: a count that ``benchmarks/codec_table.py`` already coded with the same
+model, T and lanes (its row of that T and image count, decoded bit-exact there, with both
+candidates' sizes) is taken from that table instead of being coded again (hours on one core
+for large counts); the classical files are computed here either way.
 """
 
 from __future__ import annotations
@@ -32,14 +37,21 @@ from pcdm.checkpoint import load_run  # noqa: E402
 from pcdm.data import load  # noqa: E402
 
 
-def size_row(model, images: np.ndarray, steps: int, lanes: int) -> dict:
-    h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
-    h.shape, h.dtype = tuple(images.shape), images.dtype.str
-    blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=False)
+def size_row(model, images: np.ndarray, steps: int, lanes: int, reuse: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    _, back = codec_cli.decompress(model, blob)
-    if not np.array_equal(back, images):
-        raise SystemExit(f"n={len(images)}: decoded images differ from the input")
+    if reuse is not None:  # a codec_table row: the bits-back file, decoded bit-exact there
+        bb, cl = reuse["bytes"], reuse["classical_bytes"]
+        stats = {"bytes": min(bb, cl), "container": "bits-back" if bb < cl else "classical"}
+        stats.update(bits_back_bytes=bb, classical_bytes=cl, seed_images=reuse["seed_images"])
+        stats["initial_bits"] = reuse["initial_bits"]
+    else:
+        h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
+        h.shape, h.dtype = tuple(images.shape), images.dtype.str
+        blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=False)
+        t0 = time.perf_counter()
+        _, back = codec_cli.decompress(model, blob)
+        if not np.array_equal(back, images):
+            raise SystemExit(f"n={len(images)}: decoded images differ from the input")
     dims = int(np.prod(images.shape[1:]))
     table = baselines.compare(images, progress=False)
     files = {k: int(round(float(np.sum(v["per_image"])) * dims / 8)) for k, v in table.items()}
@@ -54,7 +66,8 @@ def size_row(model, images: np.ndarray, steps: int, lanes: int) -> dict:
         "files": files,  # Σ bytes of one file per image, per codec, and "best" per image
         "vs_best": stats["bytes"] / files["best"] - 1,
         "over_best_classical_bytes": stats["bytes"] - files["best"],
-        "decode_s": time.perf_counter() - t0,
+        "decode_s": None if reuse is not None else time.perf_counter() - t0,
+        "from_table": reuse is not None,
     }
 
 
@@ -66,7 +79,9 @@ def markdown(run: str, data: str, steps: int, rows: list[dict]) -> str:
         "(`--container auto`), every file decoded and checked bit-exact. *bits-back*: the file "
         "whose first *seed* images are stored classically as the stream's seed; *classical*: all "
         "images as JPEG-XL/PNG lossless (the smaller per image) in the container; the file is the "
-        "smaller of the two. The last columns sum one file per image (headers included).",
+        "smaller of the two. The last columns sum one file per image (headers included). "
+        "*from table*: the count was coded (and decoded bit-exact) by `codec_table.py` at the same "
+        "T and lanes; its row is reused.",
         "",
         "| n | .pcdm bytes | container | bits-back bytes | seed | initial bits | classical container "
         "| Σ JPEG-XL files | Σ PNG files | Σ best classical file per image | .pcdm vs best |",
@@ -78,7 +93,8 @@ def markdown(run: str, data: str, steps: int, rows: list[dict]) -> str:
         seed = "–" if r["seed_images"] is None else str(r["seed_images"])
         init = "–" if r["initial_bits"] is None else str(r["initial_bits"])
         lines.append(
-            f"| {r['n']} | {r['bytes']} | {r['container']} | {bb} | {seed} | {init} | "
+            f"| {r['n']}{' (from table)' if r['from_table'] else ''} | {r['bytes']} | {r['container']} "
+            f"| {bb} | {seed} | {init} | "
             f"{r['classical_bytes']} | {f.get('jpegxl', '–')} | {f.get('png', '–')} | {f['best']} | "
             f"{100 * r['vs_best']:+.1f} % |"
         )
@@ -92,14 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--counts", type=int, nargs="+", default=[1, 10, 40, 1000])
     p.add_argument("--steps", type=int, default=codec_cli.DEFAULT_STEPS)
     p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
+    p.add_argument("--reuse", default=None, help="codec_table.py JSON whose rows may be reused")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_sizes.md"))
     args = p.parse_args(argv)
+    table = json.loads(Path(args.reuse).read_text())["rows"] if args.reuse else []
     torch.set_num_threads(1)
     model, _ = load_run(args.run)
     images = load(args.data, split="test", limit=max(args.counts)).images
     rows = []
     for n in args.counts:
-        rows.append(size_row(model, images[:n], args.steps, args.batch))
+        same = [
+            r
+            for r in table
+            if (r["steps"], r["images"], r.get("lanes", args.batch)) == (args.steps, n, args.batch)
+        ]
+        rows.append(size_row(model, images[:n], args.steps, args.batch, same[0] if same else None))
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,7 @@ def code_at(
         "enc_ips": stats["images_per_s"],
         "dec_ips": len(images) / dec_s,
         "bytes": stats["bytes"],
+        "lanes": lanes,
     }
     if elbo:
         bound = per_image_bpd(

@@ -398,7 +398,10 @@ def run_decompress(args) -> int:
         raise DataError(f"{path}: file not found")
     blob = path.read_bytes()
     header, _ = codec.unpack(blob)
-    model = matching_model(args.run, header.fingerprint, log=lambda msg: print(msg, file=sys.stderr))
+    if header.classical:  # no bits-back stream: the run only supplies the image shape
+        model, _ = load_run(args.run)
+    else:
+        model = matching_model(args.run, header.fingerprint, log=lambda msg: print(msg, file=sys.stderr))
     h, images = decompress(model, blob, args.preview_level, progress=not args.quiet)
     write_output(h, images, args.output)
     what = "preview" if images.shape[1:3] != (h.H, h.W) else "image"

@@ -221,10 +221,10 @@ def test_model_pinning_survives_resume(tmp_path, capsys):
     assert main(["train", "--model", "w-pcdm", "--out", str(run), "--steps", "2", *common]) == 0
     np.save(tmp_path / "x.npy", data.load("digits", "test", limit=3).images[..., 0])
     ck = run / "ckpt" / "step_00000002"
-    assert (
-        main(["compress", str(ck), str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.pcdm"), "--steps", "3"])
-        == 0
-    )
+    # (Three images alone would be stored classically, needing no model: force the stream.)
+    args = [str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.pcdm"), "--steps", "3"]
+    args += ["--container", "bits-back"]
+    assert main(["compress", str(ck), *args]) == 0
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     capsys.readouterr()
     out = tmp_path / "y.npy"

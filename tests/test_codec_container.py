@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pcdm import baselines, codec, codec_cli, data
+from pcdm.checkpoint import save_tensors, write_json
 from pcdm.cli import main
 from pcdm.model import PCDM, ModelConfig
 
@@ -45,6 +46,13 @@ def npy_header(images: np.ndarray) -> codec.Header:
 def compress(model, images, container="auto", steps=2):
     h = npy_header(images)
     return codec_cli.compress(model, images, h, steps, 4, progress=False, container=container)
+
+
+def save_run(path, model: PCDM):
+    path.mkdir(parents=True)
+    save_tensors(path / "model.safetensors", model.state_dict())
+    write_json(path / "config.json", {"model": model.config.to_dict()})
+    return path
 
 
 def forge(blob: bytes, offset: int, value: int, fmt: str = "<I") -> bytes:
@@ -83,23 +91,22 @@ def test_auto_is_the_smaller_and_within_the_classical_guarantee(model, images, t
     # --json says which container and both sizes.
     src, out = tmp_path / "x.npy", tmp_path / "x.pcdm"
     np.save(src, images[:5, ..., 0])
-    from pcdm.checkpoint import save_tensors, write_json
-
-    run = tmp_path / "run"
-    run.mkdir()
-    save_tensors(run / "model.safetensors", model.state_dict())
-    write_json(run / "config.json", {"model": model.config.to_dict()})
+    run = save_run(tmp_path / "run", model)
     assert main(["compress", str(run), str(src), "-o", str(out), "--steps", "2", "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
     assert js["container"] in ("bits-back", "classical") and js["bytes"] == out.stat().st_size
     assert js["classical_bytes"] >= js["bytes"] and js["classical_codecs"]
 
 
-def test_one_image_is_stored_classically_and_needs_no_model(model, images):
+def test_one_image_is_stored_classically_and_needs_no_model(model, images, tmp_path):
     blob, stats = compress(model, images[:1])
     assert stats["container"] == "classical" and "bits_back_bytes" not in stats
     h, back = codec_cli.decompress(tiny(seed=1), blob)  # another model's weights: not needed
     assert h.classical and np.array_equal(back, images[:1])
+    (tmp_path / "one.pcdm").write_bytes(blob)  # through the CLI, with another run folder
+    other = save_run(tmp_path / "other", tiny(seed=1))
+    assert main(["decompress", str(other), str(tmp_path / "one.pcdm"), "-o", str(tmp_path / "o.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "o.npy"), images[:1])
     _, preview = codec_cli.decompress(model, blob, preview_level=1)
     assert preview.shape == (1, 14, 14, 1)
 
