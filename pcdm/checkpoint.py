@@ -160,12 +160,14 @@ def weight_files(run: Path) -> list[Path]:
 
 
 def fingerprint(model: PCDM) -> bytes:
-    """SHA-256 over the config and every weight's bytes: identifies a model exactly. The
-    Haar wavelet is what w-pcdm meant before ``--wavelet`` existed, so it is left out of
-    the hash and files made by those runs still decode."""
+    """SHA-256 over the config and every weight's bytes: identifies a model exactly. A model
+    option at its registry default (w-pcdm's Haar wavelet) is what the model meant before
+    the option existed, so it is left out of the hash and files made by older runs decode."""
+    from . import registry
+
     config = model.config.to_dict()
-    if config.get("wavelet") == "haar":
-        del config["wavelet"]
+    defaults = registry.get(config["model"]).options
+    config = {k: v for k, v in config.items() if not (k in defaults and v == defaults[k])}
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())

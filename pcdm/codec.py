@@ -115,7 +115,6 @@ import numpy as np
 import torch
 
 from . import baselines
-from .maps import haar_analysis, haar_synthesis
 from .model import PCDM
 
 MAGIC = b"PCDM"
@@ -405,7 +404,6 @@ class _Levels:
     def __init__(self, model: PCDM):
         self.model = model
         self.vp = not model.map.discrete
-        self.lp = model.map.name == "lp"
         self.shapes = model.level_shapes
         self.S = len(self.shapes)
 
@@ -413,18 +411,12 @@ class _Levels:
         return self.model.level_dims[k]
 
     def to_coords(self, k: int, v: torch.Tensor) -> np.ndarray:
-        if self.lp and k > 0:
-            v = haar_analysis(v)[1]
-        return v.reshape(v.shape[0], -1).double().numpy()
+        """Level k in the map's orthonormal coordinates of its subspace (what is coded)."""
+        return self.model.map.to_coords(k, v).double().numpy()
 
     def from_coords(self, k: int, u: np.ndarray) -> torch.Tensor:
-        b = u.shape[0]
-        c, h, w = self.shapes[k]
         t = torch.from_numpy(np.ascontiguousarray(u)).to(self.model.dtype)
-        if self.lp and k > 0:
-            d = t.reshape(b, 3 * c, h // 2, w // 2)
-            return haar_synthesis(torch.zeros(b, c, h // 2, w // 2, dtype=t.dtype), d)
-        return t.reshape(b, c, h, w)
+        return self.model.map.from_coords(k, t, self.shapes[k])
 
 
 @contextlib.contextmanager
