@@ -51,11 +51,11 @@ def sensitivity(model: PCDM, x: torch.Tensor, times=(0.0, 0.05, 0.1), seed: int 
     alpha_0, sigma_0 = alpha_sigma(gamma_0)
     if model.map.discrete:
         xs = model.map(x.long())
-        levels = [model.encode_level(k, v) for k, v in enumerate(xs)]
+        levels = [model.level_to_f(k, v) for k, v in enumerate(xs)]
         eps = model.map.noise_levels(noise.eps)
         conds = [model.discrete_condition(xs, k) for k in range(len(levels))]
     else:
-        f = model.encode(x)
+        f = model.pixels_to_f(x)
         levels, eps = model.map(f), model.map(noise.eps)
         z0s = model.map(alpha_0 * f + sigma_0 * noise.eps0)
         conds = [model.map.condition(z0s, k) for k in range(len(levels))]

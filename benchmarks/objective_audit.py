@@ -127,11 +127,11 @@ def audit_batch(model: PCDM, x: torch.Tensor, noise: Noise, denoiser=None) -> di
     denoiser = denoiser or model.eps_hat
     one = torch.ones((), device=x.device, dtype=model.dtype)
     gamma_0, gamma_1 = model.schedule(torch.zeros_like(one)), model.schedule(one)
-    f = model.encode(x)
+    f = model.pixels_to_f(x)
     cs = model.map(f)
     out = {f"{BOUND}/prior": bound.prior, f"{BOUND}/recon": bound.recon}
-    for k, c in enumerate(cs):  # Bound.levels[:, k] = prior + diffusion of level k
-        out[f"{BOUND}/diffusion_level{k + 1}"] = bound.levels[:, k] - model.prior_kl(
+    for k, c in enumerate(cs):  # Bound.per_level[:, k] = prior + diffusion of level k
+        out[f"{BOUND}/diffusion_level{k + 1}"] = bound.per_level[:, k] - model.prior_kl(
             c, model.level_dims[k], gamma_1
         )
     out[f"{BOUND}/total"] = bound.total

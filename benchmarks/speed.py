@@ -44,7 +44,7 @@ def images_per_second(model: PCDM, batch: int, seconds: float, warmup: int) -> f
 def decoder_seconds(model: PCDM, batch: int, reps: int = 5) -> float:
     """Time of the discrete decoder term alone (forward + backward through z₀)."""
     x = torch.randint(0, model.config.K, (batch, *model.config.image_shape))
-    f = model.encode(x)
+    f = model.pixels_to_f(x)
     times = []
     for _ in range(reps):
         start = time.perf_counter()

@@ -510,11 +510,11 @@ class _Batch:
     def encode(self, x: torch.Tensor) -> None:
         model, L = self.model, self.L
         if L.vp:
-            cs = model.map(model.encode(x))
+            cs = model.map(model.pixels_to_f(x))
             coords = [L.to_coords(k, c) for k, c in enumerate(cs)]
             js = self._z0_pop(coords, 0)
             z0s = self._z0_native(range(L.S), js)
-            z0 = model.map.inverse(z0s)
+            z0 = model.map.reconstruct(z0s)
             push_pixels(
                 self.coder, x.reshape(-1).numpy(), z0.reshape(-1).double().numpy(),
                 self.alpha0, self.sigma0, self.K,
@@ -524,7 +524,7 @@ class _Batch:
         else:
             xs = model.map(x)
             for k in reversed(range(L.S)):
-                coords = [L.to_coords(k, model.encode_level(k, xs[k]))]
+                coords = [L.to_coords(k, model.level_to_f(k, xs[k]))]
                 (j0,) = self._z0_pop(coords, k)
                 (z0,) = self._z0_native([k], [j0])
                 self._push_level(k, xs[k], z0)
@@ -560,13 +560,13 @@ class _Batch:
                 previews.append(model.preview(self._z0_native(range(k + 1), js)))
             if last < L.S - 1:
                 return None, previews
-            z0 = model.map.inverse(self._z0_native(range(L.S), js))
+            z0 = model.map.reconstruct(self._z0_native(range(L.S), js))
             x = pop_pixels(
                 self.coder, z0.reshape(-1).double().numpy(), self.alpha0, self.sigma0,
                 self.K, self.guard,
             )  # fmt: skip
             x = torch.from_numpy(x).reshape(b, C, H, W)
-            cs = model.map(model.encode(x))
+            cs = model.map(model.pixels_to_f(x))
             self._z0_push(js, [L.to_coords(k, c) for k, c in enumerate(cs)], 0)
             return x.to(torch.uint8), previews
         xs = []
@@ -574,11 +574,11 @@ class _Batch:
             j0 = self.chain_decode(k, b, model.discrete_condition(xs, k))
             (z0,) = self._z0_native([k], [j0])
             xs.append(self._pop_level(k, z0))
-            self._z0_push([j0], [L.to_coords(k, model.encode_level(k, xs[k]))], k)
+            self._z0_push([j0], [L.to_coords(k, model.level_to_f(k, xs[k]))], k)
             previews.append(model.map.octave_image(xs).clamp(0, self.K - 1).to(torch.uint8))
         if last < L.S - 1:
             return None, previews
-        x = model.map.inverse(xs)
+        x = model.map.reconstruct(xs)
         # A free consistency check: the decoded levels must be those of a valid image (the
         # cascade's coarser scales are subsamples of it; lifting levels map back exactly).
         if (
@@ -913,7 +913,7 @@ def clean_previews(model: PCDM, images: np.ndarray, level: int) -> np.ndarray:
         else:
             gam0 = float(model.schedule(torch.zeros((), dtype=model.dtype)))
             alpha0 = math.sqrt(1 / (1 + math.exp(gam0)))
-            cs = model.map(model.encode(x))[: level + 1]
+            cs = model.map(model.pixels_to_f(x))[: level + 1]
             out = model.preview([alpha0 * c for c in cs])
     return out.permute(0, 2, 3, 1).numpy()
 

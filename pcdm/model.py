@@ -99,7 +99,7 @@ class ModelConfig:
 
 @dataclass
 class Bound:
-    """Negative ELBO per image, in nats, by term. ``levels[:, s]`` = prior + diffusion of
+    """Negative ELBO per image, in nats, by term. ``per_level[:, s]`` = prior + diffusion of
     level s (+ its reconstruction for discrete maps); ``dims`` = d of the original image.
     ``extras``: ``gamma_t`` and ``diffusion_levels``, (N, S) each: the γ(t) at which each
     level's one-sample diffusion term was drawn and that term (for γ-band diagnostics)."""
@@ -107,7 +107,7 @@ class Bound:
     prior: Tensor
     diffusion: Tensor
     recon: Tensor
-    levels: Tensor
+    per_level: Tensor
     dims: int
     extras: dict = field(default_factory=dict)
 
@@ -123,8 +123,8 @@ class Bound:
             "bpd_diffusion": to_bpd(self.diffusion, self.dims),
             "bpd_recon": to_bpd(self.recon, self.dims),
         }
-        for s in range(self.levels.shape[1]):
-            out[f"bpd_level{s + 1}"] = to_bpd(self.levels[:, s], self.dims)
+        for s in range(self.per_level.shape[1]):
+            out[f"bpd_level{s + 1}"] = to_bpd(self.per_level[:, s], self.dims)
         return out
 
 
@@ -236,7 +236,7 @@ class PCDM(nn.Module):
                 f"got range {int(x.min())}..{int(x.max())}"
             )
 
-    def encode(self, x: Tensor) -> Tensor:
+    def pixels_to_f(self, x: Tensor) -> Tensor:
         """f = 2 (x + 0.5) / K − 1 ∈ (−1, 1)."""
         return 2 * (x.to(self.dtype) + 0.5) / self.config.K - 1
 
@@ -289,7 +289,7 @@ class PCDM(nn.Module):
         lo, hi = torch.tensor(ranges, device=self._device).T
         return lo.view(-1, 1, 1), hi.view(-1, 1, 1)
 
-    def encode_level(self, k: int, v: Tensor) -> Tensor:
+    def level_to_f(self, k: int, v: Tensor) -> Tensor:
         """A discrete level's integers in model units: 2 (v − mid) / K, mid the centre of
         the channel's range (for pixels 2 (x + ½)/K − 1: one grid step is 2/K everywhere)."""
         lo, hi = self.value_range(k)
@@ -300,7 +300,7 @@ class PCDM(nn.Module):
 
         For the image (k = None), logits over v: −½ ((u − e_v)/s)², u = z₀/α₀, s = σ₀/α₀,
         e_v = 2(v + ½)/K − 1; for discrete level k the values run over that level's range
-        with ``encode_level``'s e_v (same grid step Δ = 2/K).
+        with ``level_to_f``'s e_v (same grid step Δ = 2/K).
         The normaliser only needs the values near u: with v* the value nearest to u, a value
         j ≥ 1 bins away has log-weight below the largest by at least ½ j(j−1) (Δ/s)²
         (Δ = 2/K), so all values more than W bins away together weigh less than
@@ -400,7 +400,7 @@ class PCDM(nn.Module):
     def discrete_condition(self, xs: list[Tensor], k: int) -> Tensor | None:
         """What level k of a discrete map is conditioned on: the clean integer image rebuilt
         from the coarser levels ``xs[:k]``, encoded like pixels."""
-        return None if k == 0 else self.encode(self.map.condition(xs, k))
+        return None if k == 0 else self.pixels_to_f(self.map.condition(xs, k))
 
     def forward(
         self,
@@ -484,7 +484,7 @@ class ContinuousLevels:
     def nelbo(self, model: PCDM, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
         """The joint over levels is the likelihood of x (paper Lemma 4.1): no Jacobian."""
         alpha_0, sigma_0 = alpha_sigma(gamma_0)
-        f = model.encode(x)
+        f = model.pixels_to_f(x)
         cs = model.map(f)
         # One ε₀ draw gives z₀ for the decoder and the coarser levels' conditioning.
         z0 = alpha_0 * f + sigma_0 * noise.eps0
@@ -499,7 +499,7 @@ class ContinuousLevels:
             diffs.append(model.diffusion_loss(k, c, eps_levels[k], t, cond, steps, denoiser, w))
         prior, diff = torch.stack(priors, 1), torch.stack(diffs, 1)
         extras = model._extras(noise.t, steps, diff)
-        return Bound(prior.sum(1), diff.sum(1), recon, levels=prior + diff, dims=model.dims, extras=extras)
+        return Bound(prior.sum(1), diff.sum(1), recon, per_level=prior + diff, dims=model.dims, extras=extras)
 
     def condition(self, model: PCDM, done: list[Tensor], k: int) -> Tensor | None:
         return model.map.condition(done, k)
@@ -525,7 +525,7 @@ class DiscreteLevels:
         eps0_levels, eps_levels = model.map.noise_levels(noise.eps0), model.map.noise_levels(noise.eps)
         priors, diffs, recons = [], [], []
         for k, v in enumerate(xs):
-            c = model.encode_level(k, v)
+            c = model.level_to_f(k, v)
             cond = model.discrete_condition(xs, k)
             priors.append(model.prior_kl(c, model.level_dims[k], gamma_1))
             t, w = noise.t[k], noise.weight(k)
@@ -533,9 +533,9 @@ class DiscreteLevels:
             z0 = alpha_0 * c + sigma_0 * eps0_levels[k]
             recons.append(-model.log_p_x_given_z0(v, z0, gamma_0, k))
         prior, diff, recon = (torch.stack(v, 1) for v in (priors, diffs, recons))
-        levels = prior + diff + recon
+        per_level = prior + diff + recon
         extras = model._extras(noise.t, steps, diff)
-        return Bound(prior.sum(1), diff.sum(1), recon.sum(1), levels=levels, dims=model.dims, extras=extras)
+        return Bound(prior.sum(1), diff.sum(1), recon.sum(1), per_level, dims=model.dims, extras=extras)
 
     def condition(self, model: PCDM, done: list[Tensor], k: int) -> Tensor | None:
         return model.discrete_condition(done, k)

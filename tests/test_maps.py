@@ -49,7 +49,7 @@ def test_inverse_exact(name):
     levels = 1 if name == "identity" else 3
     m = build_map(name, levels)
     x = rand((3, 2, 8, 12), seed=1)
-    y = m.inverse(m(x))
+    y = m.reconstruct(m(x))
     assert y.shape == x.shape
     torch.testing.assert_close(y, x, atol=2e-6, rtol=0)
 
@@ -137,7 +137,7 @@ def test_cascade_levels_are_subsamples():
     torch.testing.assert_close(cs[0], x[..., 0::4, 0::4], atol=0, rtol=0)  # top-left pixels
     torch.testing.assert_close(cs[1], x[..., 0::2, 0::2], atol=0, rtol=0)
     torch.testing.assert_close(cs[2], x, atol=0, rtol=0)
-    torch.testing.assert_close(m.inverse(cs), x, atol=0, rtol=0)
+    torch.testing.assert_close(m.reconstruct(cs), x, atol=0, rtol=0)
     assert not m.exact
     assert sum(m.dims((3, 8, 8))) > 3 * 8 * 8  # Σ dₛ > d: not volume-preserving
 
@@ -218,7 +218,7 @@ def test_integer_lifting_is_a_bijection_with_its_ranges(levels):
     cs = m(x)
     assert [tuple(c.shape[1:]) for c in cs] == build_map("haar", levels).level_shapes((3, 16, 16))
     assert all(not c.dtype.is_floating_point for c in cs)
-    assert torch.equal(m.inverse(cs), x)
+    assert torch.equal(m.reconstruct(cs), x)
     hit_hh = False
     for k, c in enumerate(cs):
         for ch, (lo, hi) in enumerate(m.value_range(k, (3, 16, 16), K)):
@@ -243,8 +243,8 @@ def test_lp_inverse_is_the_adjoint(levels):
     f = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
     cs = [torch.randn(2, *s, generator=gen, dtype=torch.float64) for s in m.level_shapes((3, 8, 8))]
     lhs = sum((a * c).sum() for a, c in zip(m(f), cs))
-    torch.testing.assert_close(lhs, (f * m.inverse(cs)).sum())
-    torch.testing.assert_close(m.inverse(m(f)), f)
+    torch.testing.assert_close(lhs, (f * m.reconstruct(cs)).sum())
+    torch.testing.assert_close(m.reconstruct(m(f)), f)
 
 
 @pytest.mark.parametrize(

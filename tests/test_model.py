@@ -45,12 +45,12 @@ def test_bound_terms_add_up(name, levels):
     b = model.nelbo(x)
     for v in (b.prior, b.diffusion, b.recon, b.total):
         assert v.shape == (5,) and torch.isfinite(v).all()
-    assert b.levels.shape == (5, levels)
+    assert b.per_level.shape == (5, levels)
     assert b.dims == 3 * 8 * 8
     torch.testing.assert_close(b.total, b.prior + b.diffusion + b.recon)
     assert (b.prior > 0).all() and (b.diffusion >= 0).all() and (b.recon >= 0).all()
     # per-level sums: levels hold prior + diffusion (+ the level's decoder for discrete maps)
-    per_level = b.levels.sum(1)
+    per_level = b.per_level.sum(1)
     if name in DISCRETE:
         torch.testing.assert_close(per_level, b.total)
     else:
@@ -162,7 +162,7 @@ def test_preview_is_the_block_mean():
     """A preview of the coarse levels decodes the LL / octave image back to pixel units."""
     model = tiny("w-pcdm", 3, shape=(1, 8, 8))
     x = torch.randint(0, 17, (2, 1, 8, 8))
-    f = model.encode(x)
+    f = model.pixels_to_f(x)
     cs = model.map(f)
     coarse = model.preview(cs[:1])  # 2×2: means of 4×4 blocks
     mean = f.unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2))
@@ -264,7 +264,7 @@ def test_decoder_window_is_exact(K, gamma_0):
     sigma_0 = torch.sigmoid(g0).sqrt()
     gen = torch.Generator().manual_seed(K)
     x = torch.randint(0, K, (4, 1, 8, 8), generator=gen)
-    f = model.encode(x)
+    f = model.pixels_to_f(x)
     z0 = alpha_0 * f + sigma_0 * torch.randn(f.shape, generator=gen, dtype=torch.float64)
     z0[0, 0, 0, :4] = torch.tensor([-3.0, 3.0, -1.0, 1.0], dtype=torch.float64)
     z0[1] = torch.rand(z0[1].shape, generator=gen, dtype=torch.float64) * 2.4 - 1.2  # any x
@@ -291,7 +291,7 @@ def test_level_decoder_window_is_exact(K, gamma_0):
     gen = torch.Generator().manual_seed(K)
     x = torch.randint(0, K, (4, 1, 8, 8), generator=gen)
     v = model.map(x)[1]  # (4, 3, 4, 4) detail bands
-    c = model.encode_level(1, v)
+    c = model.level_to_f(1, v)
     z0 = alpha_0 * c + sigma_0 * torch.randn(c.shape, generator=gen, dtype=torch.float64)
     z0[0, 2, 0, :2] = torch.tensor([-9.0, 9.0], dtype=torch.float64)  # far outside the range
     got = model.log_p_x_given_z0(v, z0, g0, k=1)
@@ -314,7 +314,7 @@ def test_lattice_features_read_the_coarse_lattice():
     assert model.nets[1].conv_in.in_channels > plain.nets[1].conv_in.in_channels
     assert model.nets[0].conv_in.in_channels == plain.nets[0].conv_in.in_channels  # base level: none
     x = torch.randint(0, K, (2, 1, 8, 8))
-    c = model.map(model.encode(x))
+    c = model.map(model.pixels_to_f(x))
     feats = model.lattice_features(1, c[1], c[0])
     assert feats.shape[1] == model.nets[1].extra_channels
     moved = model.lattice_features(1, c[1], c[0] + 1 / K)
@@ -322,7 +322,7 @@ def test_lattice_features_read_the_coarse_lattice():
     torch.testing.assert_close(model.lattice_features(1, c[1], c[0]), feats)
     # the octave view at t = 0 with clean inputs is the image itself, block by block
     view = model.map.view(1, c[1], c[0])
-    torch.testing.assert_close(view, torch.nn.functional.pixel_unshuffle(model.encode(x), 2))
+    torch.testing.assert_close(view, torch.nn.functional.pixel_unshuffle(model.pixels_to_f(x), 2))
 
 
 def test_double_model_samples_and_schedule_graph():

@@ -114,7 +114,7 @@ def test_level1_terms_differ_by_the_missing_noise_variance(audit, images, levels
     ELBO weights the squared error by m², the public code does not, so its term is ours / m²."""
     model = _model(levels=levels).double()
     x = to_tensor(images)
-    f = model.encode(x)
+    f = model.pixels_to_f(x)
     m = 2 ** (levels - 1)
     # The premise of the derivation: the orthonormal LL band is m × the pixel block mean.
     torch.testing.assert_close(model.map(f)[0], m * F.avg_pool2d(f, m))

@@ -285,8 +285,8 @@ class LiftOracle:
         combos = torch.cartesian_prod(*[torch.arange(K)] * 4)  # (M, 4): a, b, c, d
         ll, det = lift_analysis(combos.view(-1, 1, 2, 2))
         self.ll = ll.flatten()
-        self.ll_enc = model.encode_level(0, ll).flatten().to(DT)
-        self.det_enc = model.encode_level(1, det).flatten(1).to(DT)  # (M, 3)
+        self.ll_enc = model.level_to_f(0, ll).flatten().to(DT)
+        self.det_enc = model.level_to_f(1, det).flatten(1).to(DT)  # (M, 3)
         logpi = pi.log()  # prior of each block's combos, rows = blocks (p, q) row-major
         self.logprior = torch.stack(
             [
@@ -360,7 +360,7 @@ def run(model, denoiser, n_batches, batch, seed, steps=None, reference=None):
                 continue
             lps = [octave_logp(PI, x, j) for j in range(S)] + [0]
             refs = torch.stack([-lps[S - 1 - k] + lps[S - k] for k in range(S)], 1)
-            lv = b.levels.clone()
+            lv = b.per_level.clone()
             lv[:, -1] += b.recon  # the decoder belongs to the finest level's information
             totals.append(((b.total - exact_nll(PI, x)) / D).mean())
             levels.append(((lv - refs) / D).mean(0))
@@ -566,7 +566,7 @@ def test_lift_oracle_bound_equals_entropy():
         for _ in range(32):
             x = sample_x(PI, 1500, gen)
             b = model.nelbo(x, denoiser=oracle)
-            gaps.append(((b.levels[:, 0] - coarse_nll(x)) / D).mean())
+            gaps.append(((b.per_level[:, 0] - coarse_nll(x)) / D).mean())
     check_zero(torch.stack(gaps), "lift-pcdm S=2 level 0 vs −log P(LL)")
 
 
@@ -582,7 +582,7 @@ class EnumerationOracle:
     ∝ π(x) N(cond; α₀ aₖ(x), σ₀²) N(z_t; α_t cₖ(x), σ_t²): exact, whatever the filters."""
 
     def __init__(self, model, logpi, images):
-        cs = model.map(model.encode(images))
+        cs = model.map(model.pixels_to_f(images))
         self.c = [c.flatten(1) for c in cs]
         self.a = [None] + [model.map.condition(cs, k).flatten(1) for k in range(1, len(cs))]
         self.logprior = logpi

@@ -49,7 +49,7 @@ class BlockRotation(HierarchicalMap):
         v = torch.einsum("ij,ncjhw->nichw", self.q.to(f.dtype), u.view(n, -1, 4, h, w))
         return [v[:, 0], v[:, 1:].reshape(n, -1, h, w)]
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         if len(cs) == 1:  # the coarse image alone (previews)
             return cs[0]
         n, c, h, w = cs[0].shape
@@ -77,7 +77,7 @@ def test_the_test_map_is_orthonormal():
     )
     torch.testing.assert_close(A.T @ A, torch.eye(32, dtype=torch.float64), atol=1e-12, rtol=0)
     f = torch.randn(3, *chw, dtype=torch.float64)
-    torch.testing.assert_close(m.inverse(m(f)), f)
+    torch.testing.assert_close(m.reconstruct(m(f)), f)
 
 
 def test_registry_is_where_models_come_from(rot_model):

@@ -68,7 +68,7 @@ def test_orthonormal_from_the_jacobian(name, levels, chw):
     cs = [rand((3, *s), seed=k) for k, s in enumerate(m.level_shapes(chw))]
     coef = torch.cat([c.flatten(1) for c in cs], 1)
     want = (coef @ A).reshape(3, *chw)  # Aᵀ c
-    torch.testing.assert_close(m.inverse(cs), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(m.reconstruct(cs), want, atol=1e-12, rtol=0)
     torch.testing.assert_close(m.adjoint(cs), want, atol=1e-12, rtol=0)
     # and not trivially: the Haar map is a different orthonormal map
     assert not torch.allclose(A, jacobian(Haar(levels), chw), atol=1e-3)
@@ -90,7 +90,7 @@ def test_conditioning_view_and_lattice():
         torch.testing.assert_close(m.condition(changed, k), cond, atol=0, rtol=0)
         view = m.view(k, cs[k], cond)
         assert view.shape[1] == m.view_channels((1, 16, 16), k) == 4
-        torch.testing.assert_close(F.pixel_shuffle(view, 2), m.inverse(cs[: k + 1]), atol=1e-12, rtol=0)
+        torch.testing.assert_close(F.pixel_shuffle(view, 2), m.reconstruct(cs[: k + 1]), atol=1e-12, rtol=0)
     torch.testing.assert_close(F.pixel_shuffle(m.view(2, cs[2], m.condition(cs, 2)), 2), x)
     assert [m.lattice(k) for k in range(3)] == [(2, None, None), (2, None, None), (1, None, 0)]
     # the preview of the finished coarse levels is in pixel units: a constant image stays put
@@ -162,5 +162,5 @@ def test_db4_model_bound_is_finite_and_trains():
     assert model.nets[1].extra_channels == 0 and model.nets[2].extra_channels > 0
     x = torch.randint(0, 17, (8, 1, 16, 16), generator=torch.Generator().manual_seed(1))
     b = model.nelbo(x)
-    assert torch.isfinite(b.total).all() and b.levels.shape == (8, 3)
+    assert torch.isfinite(b.total).all() and b.per_level.shape == (8, 3)
     assert build_map("wavelet", 3, wavelet="db4").level_shapes((1, 16, 16)) == model.level_shapes

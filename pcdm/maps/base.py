@@ -6,7 +6,7 @@ class declares everything the model, the networks, the sampler and the codec nee
 
   * shapes      ``level_shapes(chw)``, ``dims(chw)`` nₖ = dimension of the subspace level k
                 lives in (Σ nₖ = d for the exact continuous maps);
-  * the map     ``forward`` (= ``__call__``), ``inverse`` (a left inverse), ``adjoint`` hᵀ;
+  * the map     ``forward`` (= ``__call__``), ``reconstruct`` (a left inverse), ``adjoint`` hᵀ;
   * subspaces   ``project(k, v)`` Πₖ, the orthogonal projector onto level k's subspace;
                 ``to_coords`` / ``from_coords``: an orthonormal basis of it (what the codec
                 codes, exactly nₖ numbers per image);
@@ -120,14 +120,15 @@ class HierarchicalMap:
     def forward(self, f: Tensor) -> list[Tensor]:
         return [f]
 
-    def inverse(self, cs: list[Tensor]) -> Tensor:
-        """A left inverse: ``inverse(forward(f)) == f``."""
+    def reconstruct(self, cs: list[Tensor]) -> Tensor:
+        """The image rebuilt from its levels, a left inverse of ``forward``:
+        ``reconstruct(forward(f)) == f``."""
         return cs[0]
 
     def adjoint(self, cs: list[Tensor]) -> Tensor:
         """hᵀ. For the exact continuous maps hᵀh = I, so the left inverse is the adjoint
         (the pixel-space z₀ = hᵀ(z₀¹ … z₀ˢ) of SPEC §3); a map where they differ overrides."""
-        return self.inverse(cs)
+        return self.reconstruct(cs)
 
     def __call__(self, f: Tensor) -> list[Tensor]:
         return self.forward(f)
@@ -170,7 +171,7 @@ class HierarchicalMap:
         """The finished coarse levels ``zs`` of a continuous map as an image in pixel units
         (f) at their resolution. For the octave maps the rebuilt image is the octave's
         approximation, whose DC gain is 2 per octave (2×2 sum / 2)."""
-        return self.inverse(zs) / 2 ** (self.levels - len(zs))
+        return self.reconstruct(zs) / 2 ** (self.levels - len(zs))
 
 
 class Identity(HierarchicalMap):

@@ -57,7 +57,7 @@ class Cascade(DiscreteMap):
             f[..., :: 2 ** (self.levels - 1 - k), :: 2 ** (self.levels - 1 - k)] for k in range(self.levels)
         ]
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         return cs[-1]
 
     def adjoint(self, cs):

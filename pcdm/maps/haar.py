@@ -51,12 +51,12 @@ class Haar(HierarchicalMap):
         check_divisible(f.shape, self.levels)
         return octave_analysis(f, self.levels, haar_analysis)
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         return octave_synthesis(cs, haar_synthesis)
 
     def condition(self, cs, k):
         # The LL band at level k's resolution, rebuilt from the coarser levels only.
-        return None if k == 0 else self.inverse(cs[:k])
+        return None if k == 0 else self.reconstruct(cs[:k])
 
     def lattice(self, k):
         # LL and details at level k's size are sums of 4^o pixels / 2^o: octave o = S − k

@@ -44,7 +44,7 @@ class LaplacianPyramid(HierarchicalMap):
         ys = ys[::-1]  # coarse first
         return [ys[0]] + [self.project(k, ys[k]) for k in range(1, self.levels)]
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         # y ← Dᵀ y + (I − P) c: the adjoint Aᵀ, which is the inverse on the range of A (the
         # projection is a no-op on levels that already live in their subspaces).
         y = cs[0]
@@ -71,7 +71,7 @@ class LaplacianPyramid(HierarchicalMap):
 
     def condition(self, cs, k):
         # Dᵀ y⁽ᵏ⁾: the block-constant part of level k's octave, rebuilt from coarser levels.
-        return None if k == 0 else up(self.inverse(cs[:k]))
+        return None if k == 0 else up(self.reconstruct(cs[:k]))
 
     def lattice(self, k):
         # y⁽ᵏ⁾ = D^(S−1−k) f is at octave S−1−k; Dᵀ and I − P = I − DᵀD refine it further.

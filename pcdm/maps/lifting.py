@@ -65,17 +65,17 @@ class Lifting(DiscreteMap):
             raise TypeError("the integer lifting map takes integer images")
         return octave_analysis(x, self.levels, lift_analysis)
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         return octave_synthesis(cs, lift_synthesis)
 
-    octave_image = inverse
+    octave_image = reconstruct
 
     def adjoint(self, cs):
         raise NotImplementedError("the integer lifting is not linear: no adjoint")
 
     def condition(self, cs, k):
         # The integer LL image at level k's resolution (values 0..K−1), from coarser levels.
-        return None if k == 0 else self.inverse(cs[:k])
+        return None if k == 0 else self.reconstruct(cs[:k])
 
     def value_range(self, k, chw, K):
         c = chw[0]

@@ -135,12 +135,12 @@ class Wavelet(HierarchicalMap):
         check_divisible(f.shape, self.levels)
         return octave_analysis(f, self.levels, self.analysis)
 
-    def inverse(self, cs):
+    def reconstruct(self, cs):
         return octave_synthesis(cs, self.synthesis)
 
     def condition(self, cs, k):
         # The approximation at level k's resolution, rebuilt from the coarser levels only.
-        return None if k == 0 else self.inverse(cs[:k])
+        return None if k == 0 else self.reconstruct(cs[:k])
 
     def lattice(self, k):
         z = self.levels - max(k, 1)  # Haar's frequency scale for the coefficients
