@@ -1,0 +1,372 @@
+"""The .pcdm container: the classical records (the fallback and the seed of the bits-back
+stream) and the header, metadata and payload, every field bounded before use."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+
+from .. import baselines
+from ..model import PCDM
+from .ans import (
+    GRID_BITS,
+    HEADER,
+    HEADER_CRC,
+    HEADER_SIZE,
+    KIND_FOLDER,
+    KIND_NPY,
+    MAGIC,
+    MAX_IMAGES,
+    MAX_LANES,
+    MAX_NAME,
+    MAX_SIDE,
+    MAX_T,
+    VERSION,
+    CodecError,
+    _single_thread,
+    make_grid,
+)
+
+# ---------------------------------------------------------------------------
+# Classical images: the fallback container, and the seed of the bits-back stream.
+
+FLAG_RAMP = 1  # header flags: lane ramp on
+FLAG_CLASSICAL = 2  # every image stored classically (no bits-back stream)
+CLASSICAL_CODECS = ("jpegxl", "png")  # tried for every image; the smallest file is kept
+CODEC_IDS = baselines.CODECS  # a record's first byte indexes this tuple
+SEED_MARGIN = 1.25  # whitening reads 1.25 × a pop's expected bits ahead (+ 64)
+
+
+def classical_codecs() -> list[str]:
+    names = [c for c in CLASSICAL_CODECS if c in baselines.available_codecs()]
+    if not names:
+        raise CodecError("no classical lossless codec is available (Pillow's PNG is needed)")
+    return names
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def classical_record(image: np.ndarray) -> bytes:
+    """One uint8 image (H, W, C) as the smallest of its CLASSICAL_CODECS files, framed as
+    codec id (1 byte, index into ``baselines.CODECS``), file length (LEB128), file bytes;
+    the file is decoded and checked bit-exact here, so the container always decodes."""
+    best = None
+    for name in classical_codecs():
+        data = baselines.encode(image, name)
+        if best is None or len(data) < len(best[1]):
+            best = (name, data)
+    name, data = best
+    H, W, C = image.shape
+    if not np.array_equal(_decode_file(name, data, H, W, C), image):
+        raise CodecError(f"the {name} codec of this build does not round-trip an image")
+    return bytes([CODEC_IDS.index(name)]) + _leb128(len(data)) + data
+
+
+def _decode_file(name: str, data: bytes, H: int, W: int, C: int) -> np.ndarray:
+    """Decode one classical file into (H, W, C) uint8, refusing any other size before the
+    pixels are allocated (a forged file cannot make the decoder allocate more)."""
+    if name == "png":
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as pil:
+            if pil.size != (W, H) or pil.mode != ("L" if C == 1 else "RGB"):
+                raise ValueError(f"PNG is {pil.mode} {pil.size}")
+            out = np.asarray(pil, dtype=np.uint8)
+    elif name == "jpegxl":
+        import imagecodecs
+
+        out = np.empty((H, W) if C == 1 else (H, W, C), dtype=np.uint8)
+        imagecodecs.jpegxl_decode(data, out=out, numthreads=1)
+    else:
+        raise ValueError(f"codec {name} is not used by the container")
+    return np.ascontiguousarray(out.reshape(H, W, C))
+
+
+def decode_records(blob: bytes, n: int, H: int, W: int, C: int) -> np.ndarray:
+    """Mirror of ``b"".join(classical_record(x) for x in images)``: (n, H, W, C) uint8."""
+    out, pos = [], 0  # one image at a time: memory follows the records actually present
+    for i in range(n):
+        if pos >= len(blob) or blob[pos] >= len(CODEC_IDS):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} has no valid codec id")
+        name, pos = CODEC_IDS[blob[pos]], pos + 1
+        size, shift = 0, 0
+        while True:
+            if pos >= len(blob) or shift > 28:
+                raise CodecError(f"corrupt .pcdm payload: classical image {i} has a bad length")
+            size |= (blob[pos] & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if not blob[pos - 1] & 0x80:
+                break
+        if pos + size > len(blob):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} is truncated")
+        try:
+            out.append(_decode_file(name, bytes(blob[pos : pos + size]), H, W, C))
+        except Exception as err:  # the codec libraries raise their own types
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} does not decode ({err})") from None
+        pos += size
+    if pos != len(blob):
+        raise CodecError("corrupt .pcdm payload: trailing bytes after the classical images")
+    return np.stack(out) if out else np.zeros((0, H, W, C), dtype=np.uint8)
+
+
+def seed_words(blob: bytes) -> np.ndarray:
+    """Bytes as uint32 words (LE) for the bottom of the stack: padded with zeros and a last
+    byte p = the number of padding bytes (1..8), so the last word is non-zero (ANS needs it)
+    and there are at least two words."""
+    pad = 4 - len(blob) % 4
+    if (len(blob) + pad) // 4 < 2:
+        pad += 4
+    raw = bytes(blob) + bytes(pad - 1) + bytes([pad])
+    return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+
+
+def seed_bytes(words: np.ndarray) -> bytes:
+    """Mirror of :func:`seed_words`."""
+    raw = np.asarray(words, dtype="<u4").tobytes()
+    pad = raw[-1] if raw else 0
+    if not 1 <= pad <= min(8, len(raw)) or any(raw[len(raw) - pad : -1]):
+        raise CodecError("corrupt .pcdm payload: bad padding of the classical images")
+    return raw[: len(raw) - pad]
+
+
+def seed_need_bits(model: PCDM, steps: int) -> float:
+    """Bits the first (one-lane) batch draws below the top of the stack: its z₀ pop and the
+    first pop of its first chain, each read 1.25 × ahead by the whitening (the ramp keeps
+    later batches paid from the bits already pushed); the seed should hold this much."""
+    grid = make_grid(model, steps)
+    bits = np.log2(np.sqrt(2 * np.pi * np.e) * grid.s_q / grid.delta)
+    finest = model.level_dims[-1]
+    z0_dims = finest if model.map.discrete else model.dims
+    return SEED_MARGIN * (z0_dims * bits[0] + finest * bits[1]) + 128
+
+
+def seed_count(record_sizes: Sequence[int], need_bits: float) -> int:
+    """How many leading images to store classically as the seed: the fewest whose records
+    hold ``need_bits`` (each costs its classical size instead of its bits-back size, ≈ 20 %
+    more, while every bit of seed the stream draws on saves a pseudo-random initial bit)."""
+    total = 0
+    for m, size in enumerate(record_sizes):
+        if 8 * total >= need_bits:
+            return m
+        total += size
+    return len(record_sizes)
+
+
+def clean_previews(model: PCDM, images: np.ndarray, level: int) -> np.ndarray:
+    """Previews of level ``level`` (0-based) made from known images (the classically stored
+    ones): the same resolution and kind as the progressive decoder's, from clean levels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).long()
+    with _single_thread():
+        if model.map.discrete:
+            xs = model.map(x)[: level + 1]
+            out = model.map.octave_image(xs).clamp(0, model.config.K - 1).to(torch.uint8)
+        else:
+            gam0 = float(model.schedule(torch.zeros((), dtype=model.dtype)))
+            alpha0 = math.sqrt(1 / (1 + math.exp(gam0)))
+            cs = model.map(model.pixels_to_f(x))[: level + 1]
+            out = model.preview([alpha0 * c for c in cs])
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+# ---------------------------------------------------------------------------
+# Container.
+
+
+@dataclass
+class Header:
+    kind: int
+    fingerprint: bytes
+    T: int
+    B: int
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    n_init: int
+    kmin: int
+    pixel_crc: int
+    ramp: bool = False
+    names: list[str] | None = None  # kind folder
+    shape: tuple[int, ...] | None = None  # kind npy
+    dtype: str | None = None
+    seed_images: int = 0  # the first images, stored classically as the stream's seed
+    seed_words: int = 0  # their words at the bottom of the payload
+
+    @property
+    def classical(self) -> bool:
+        """All images stored classically: no bits-back stream, no model needed."""
+        return self.seed_images == self.N
+
+
+def _meta_bytes(h: Header) -> bytes:
+    if h.kind == KIND_NPY:
+        dt = h.dtype.encode("ascii")
+        return (
+            struct.pack("<B", len(h.shape))
+            + struct.pack(f"<{len(h.shape)}I", *h.shape)
+            + struct.pack("<B", len(dt))
+            + dt
+        )
+    out = bytearray()
+    for name in h.names:
+        raw = name.encode("utf-8")
+        out += struct.pack("<H", len(raw)) + raw
+    return bytes(out)
+
+
+def pack(h: Header, words: np.ndarray) -> bytes:
+    meta = _meta_bytes(h)
+    payload = np.asarray(words, dtype="<u4").tobytes()
+    flags = (FLAG_RAMP if h.ramp else 0) | (FLAG_CLASSICAL if h.classical else 0)
+    fixed = HEADER.pack(
+        MAGIC, VERSION, h.kind, GRID_BITS, flags, h.fingerprint,
+        h.T, h.B, h.N, h.C, h.H, h.W, h.K, h.n_init, h.kmin, len(meta), len(words),
+        h.pixel_crc, zlib.crc32(payload), h.seed_images, h.seed_words,
+    )  # fmt: skip
+    crc = zlib.crc32(meta, zlib.crc32(fixed))
+    return fixed + HEADER_CRC.pack(crc) + meta + payload
+
+
+def unpack(data: bytes) -> tuple[Header, np.ndarray]:
+    """Parse and validate a .pcdm file (bounds on every field before any allocation)."""
+    if len(data) < HEADER_SIZE:
+        raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
+    fields = HEADER.unpack_from(data, 0)
+    magic, version, kind, grid_bits, flags, fp = fields[:6]
+    T, B, N, C, H, W, K, n_init, kmin, meta_len, n_words, pixel_crc, payload_crc = fields[6:19]
+    seed_images, seed_words = fields[19:]
+    if magic != MAGIC:
+        raise CodecError("not a .pcdm file (bad magic bytes)")
+    if version != VERSION:
+        raise CodecError(f"unsupported .pcdm version {version} (this build reads {VERSION})")
+    if meta_len > len(data) - HEADER_SIZE:
+        raise CodecError("corrupt .pcdm header: metadata length beyond the end of the file")
+    meta = bytes(data[HEADER_SIZE : HEADER_SIZE + meta_len])
+    (crc,) = HEADER_CRC.unpack_from(data, HEADER.size)
+    if zlib.crc32(meta, zlib.crc32(bytes(data[: HEADER.size]))) != crc:
+        raise CodecError("corrupt .pcdm header (checksum mismatch)")
+    # Belt and braces: the header checksum can be forged, the bounds cannot be skipped.
+    if grid_bits != GRID_BITS:
+        raise CodecError(f"unsupported grid setting {grid_bits} in .pcdm header")
+    if flags & ~(FLAG_RAMP | FLAG_CLASSICAL):
+        raise CodecError(f"corrupt .pcdm header: unknown flags {flags:#04x}")
+    if kind not in (KIND_NPY, KIND_FOLDER):
+        raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
+    if not (1 <= T <= MAX_T and 1 <= B <= MAX_LANES and 1 <= N <= MAX_IMAGES):
+        raise CodecError(f"corrupt .pcdm header: T={T}, B={B}, N={N} out of range")
+    if C not in (1, 3) or not (1 <= H <= MAX_SIDE and 1 <= W <= MAX_SIDE) or not 2 <= K <= 256:
+        raise CodecError(f"corrupt .pcdm header: image shape {C}×{H}×{W}, K={K} invalid")
+    classical = bool(flags & FLAG_CLASSICAL)
+    if (
+        seed_images > N
+        or classical != (seed_images == N)
+        or (seed_images == 0) != (seed_words == 0)
+        or seed_words == 1
+        or seed_words > n_words
+        or (classical and (seed_words != n_words or n_init or kmin))
+    ):
+        raise CodecError("corrupt .pcdm header: invalid classical-images record")
+    head = 0 if seed_words else 2
+    if not classical and not (
+        head <= n_init < 2**31 and kmin <= n_init - head and n_init - kmin + seed_words <= n_words
+    ):
+        # The decoder ends with the reservoir words kmin … n_init − 1 (and the seed) on its
+        # stack, which a valid payload holds: checked before any of them is built.
+        raise CodecError("corrupt .pcdm header: invalid initial-bits record")
+    if HEADER_SIZE + meta_len + 4 * n_words != len(data):
+        raise CodecError(
+            f"truncated or padded .pcdm file: {len(data)} bytes, header says "
+            f"{HEADER_SIZE + meta_len + 4 * n_words}"
+        )
+    if n_words < 2:
+        raise CodecError("corrupt .pcdm file: empty payload")
+    payload = bytes(data[HEADER_SIZE + meta_len :])
+    if zlib.crc32(payload) != payload_crc:
+        raise CodecError("corrupt .pcdm payload (checksum mismatch)")
+    h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc, bool(flags & FLAG_RAMP))
+    h.seed_images, h.seed_words = seed_images, seed_words
+    _parse_meta(h, meta)
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    if words[-1] == 0:
+        raise CodecError("corrupt .pcdm payload (ends in a zero word)")
+    return h, words
+
+
+def _parse_meta(h: Header, meta: bytes) -> None:
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(meta):
+            raise CodecError("corrupt .pcdm header: metadata truncated")
+        out = meta[pos : pos + n]
+        pos += n
+        return out
+
+    if h.kind == KIND_NPY:
+        (ndim,) = struct.unpack("<B", take(1))
+        if ndim not in (3, 4):
+            raise CodecError(f"corrupt .pcdm header: array rank {ndim}")
+        shape = struct.unpack(f"<{ndim}I", take(4 * ndim))
+        want = (h.N, h.H, h.W) + ((h.C,) if ndim == 4 else ())
+        if shape != want or (ndim == 3 and h.C != 1):
+            raise CodecError(f"corrupt .pcdm header: array shape {shape} vs images {want}")
+        (n,) = struct.unpack("<B", take(1))
+        try:
+            dt = np.dtype(take(n).decode("ascii"))
+        except (UnicodeDecodeError, TypeError, ValueError):
+            raise CodecError("corrupt .pcdm header: bad dtype") from None
+        if dt.kind not in "uib" or dt.itemsize > 8:
+            raise CodecError(f"corrupt .pcdm header: dtype {dt} is not an integer type")
+        h.shape, h.dtype = tuple(shape), dt.str
+    else:
+        names = []
+        for _ in range(h.N):
+            (n,) = struct.unpack("<H", take(2))
+            if not 1 <= n <= MAX_NAME:
+                raise CodecError("corrupt .pcdm header: bad file name length")
+            try:
+                name = take(n).decode("utf-8")
+            except UnicodeDecodeError:
+                raise CodecError("corrupt .pcdm header: file name is not UTF-8") from None
+            names.append(check_name(name))
+        if len(set(names)) != len(names):
+            raise CodecError("corrupt .pcdm header: duplicate file names")
+        h.names = names
+    if pos != len(meta):
+        raise CodecError("corrupt .pcdm header: trailing metadata")
+
+
+def check_name(name: str) -> str:
+    """A relative POSIX path that stays inside the output folder."""
+    p = PurePosixPath(name)
+    if (
+        not name
+        or "\x00" in name
+        or "\\" in name
+        or p.is_absolute()
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
+        raise CodecError(f"corrupt .pcdm header: unsafe file name {name!r}")
+    return name
+
+
+def pixel_crc(images: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
