@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pcdm import codec  # noqa: E402
+from pcdm.codec import ans  # noqa: E402
 
 
 def chain_overhead(grid: codec.Grid, n: int, lanes: int) -> dict:
     """Run one exact chain over n latents (lanes latents per support-size record)."""
     T = grid.T
-    coder = codec._AnsCoder(codec.reservoir(64 + int(n * 40 / 32)))
-    guard = codec._Guard(encoder=True)
+    coder = ans._AnsCoder(codec.reservoir(64 + int(n * 40 / 32)))
+    guard = ans._Guard(encoder=True)
     start = coder.num_bits()
     j_prev = codec.pop_q(coder, np.zeros(n), grid.s_q[0], grid.delta[0], guard, (0, 0, 0))
     z_prev = j_prev * grid.delta[0]

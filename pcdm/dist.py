@@ -69,8 +69,7 @@ def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     if not dist.is_initialized():
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
+    t = all_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64), device)
     return {k: float(v) / world() for k, v in zip(keys, t.tolist())}
 
 

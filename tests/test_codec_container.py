@@ -15,6 +15,7 @@ import torch
 from pcdm import baselines, codec, codec_cli, data
 from pcdm.checkpoint import save_tensors, write_json
 from pcdm.cli import main
+from pcdm.codec import container
 from pcdm.model import PCDM, ModelConfig
 
 
@@ -82,7 +83,7 @@ def test_auto_is_the_smaller_and_within_the_classical_guarantee(model, images, t
     assert files["bits-back"][1]["container"] == "bits-back"
     assert len(files["classical"][0]) == stats["classical_bytes"]
     # The guarantee: ≤ Σ min(JPEG-XL, PNG) files + 3 bytes per image + header + padding + metadata.
-    meta = len(codec._meta_bytes(npy_header(images)))
+    meta = len(container._meta_bytes(npy_header(images)))
     best = sum(min(len(baselines.encode(x, c)) for c in codec.classical_codecs()) for x in images)
     assert stats["bytes"] <= stats["classical_bytes"] <= best + 3 * len(images) + codec.HEADER_SIZE + 8 + meta
     for blob, st in files.values():

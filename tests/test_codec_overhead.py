@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pcdm import codec
+from pcdm.codec import ans
 from pcdm.model import PCDM, ModelConfig
 
 
@@ -25,8 +26,8 @@ def model() -> PCDM:
 
 def exact_chain_overhead(grid: codec.Grid, n: int) -> float:
     """Net bits per latent beyond the ideal, for one chain over n latents in one batch."""
-    coder = codec._AnsCoder(codec.reservoir(64 + n))
-    guard = codec._Guard(encoder=True)
+    coder = ans._AnsCoder(codec.reservoir(64 + n))
+    guard = ans._Guard(encoder=True)
     start = coder.num_bits()
     j_prev = codec.pop_q(coder, np.zeros(n), grid.s_q[0], grid.delta[0], guard, (0, 0, 0))
     for i in range(1, grid.T + 1):
@@ -52,8 +53,8 @@ def test_per_step_overhead_is_negligible(model, T, n):
 
 def test_sheppard_std_matches_the_lattice_variance():
     # The lattice distribution coded for N(μ, σ²) has variance σ² (not σ² + δ²/12).
-    coder = codec._AnsCoder(codec.reservoir(200_000))
-    guard = codec._Guard(encoder=True)
+    coder = ans._AnsCoder(codec.reservoir(200_000))
+    guard = ans._Guard(encoder=True)
     n, std, delta = 200_000, 1.0, 2.0**-3
     j = codec.pop_q(coder, np.full(n, 0.3), std, delta, guard, (1, 2, 3))
     z = j * delta
@@ -71,18 +72,18 @@ def test_escape_to_a_wider_support_round_trips():
     j = np.round(mean / delta).astype(np.int64) + rng.integers(-3, 4, 500)
     j[17] += int(900 * std / delta)
     words = codec.reservoir(64)
-    coder = codec._AnsCoder(words)
+    coder = ans._AnsCoder(words)
     before = coder.num_bits()
     codec.push_p(coder, j, mean, std, delta)
     far_bits = coder.num_bits() - before
-    back = codec.pop_p(coder, mean, std, delta, codec._Guard(encoder=False))
+    back = codec.pop_p(coder, mean, std, delta, ans._Guard(encoder=False))
     assert np.array_equal(back, j)
     assert np.array_equal(coder.get_compressed(), words)
-    coder = codec._AnsCoder(words)
+    coder = ans._AnsCoder(words)
     near = j.copy()
     near[17] = np.round(mean[17] / delta)
     codec.push_p(coder, near, mean, std, delta)
     assert 0 < far_bits - (coder.num_bits() - before) < 64  # the escape, its width and the far symbol
     with pytest.raises(codec.CodecError, match="too far"):
         j[3] = 2**40
-        codec.push_p(codec._AnsCoder(words), j, mean, std, delta)
+        codec.push_p(ans._AnsCoder(words), j, mean, std, delta)

@@ -44,15 +44,21 @@ CACHE_VERSION = 2
 # One evaluation pass.
 
 
+def complexity_codecs() -> list[str]:
+    """The classical codecs L(x) takes the minimum over: PNG, and JPEG-XL where available."""
+    from ..baselines import available_codecs
+
+    return [c for c in ("png", "jpegxl") if c in available_codecs()]
+
+
 def complexity_bpd(images: np.ndarray, K: int) -> np.ndarray:
-    """L(x): the shortest of PNG, JPEG-XL (when available) and raw ⌈log₂ K⌉-bit storage,
-    bits per dimension, whole files (headers included) — a code length any user has."""
-    from ..baselines import available_codecs, codec_bpd
+    """L(x): the shortest of :func:`complexity_codecs` and raw ⌈log₂ K⌉-bit storage, bits
+    per dimension, whole files (headers included) — a code length any user has."""
+    from ..baselines import codec_bpd
 
     best = np.full(len(images), float(math.ceil(math.log2(K))))
-    for codec in ("png", "jpegxl"):
-        if codec in available_codecs():
-            best = np.minimum(best, codec_bpd(images, codec, check=False))
+    for codec in complexity_codecs():
+        best = np.minimum(best, codec_bpd(images, codec, check=False))
     return best
 
 
@@ -91,15 +97,13 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _complexity_codecs() -> str:
-    """Which codecs L(x) takes the minimum over, with their versions (part of the key)."""
+def _complexity_key() -> str:
+    """Which codecs L(x) uses, with their versions (part of the cache key)."""
     import imagecodecs
     import PIL
 
-    from ..baselines import available_codecs
-
-    used = [c for c in ("png", "jpegxl") if c in available_codecs()]
-    return f"{'+'.join(used)}+raw; Pillow {PIL.__version__}; imagecodecs {imagecodecs.__version__}"
+    used = "+".join(complexity_codecs())
+    return f"{used}+raw; Pillow {PIL.__version__}; imagecodecs {imagecodecs.__version__}"
 
 
 def entropy_cache_key(
@@ -123,7 +127,7 @@ def entropy_cache_key(
         "seed": int(seed),
         "batch": int(batch),
         "bound": "continuous",
-        "complexity": _complexity_codecs(),
+        "complexity": _complexity_key(),
         "weights": wpath.name,
         "weights_sha256": _sha256_file(wpath),
         "model_sha256": hashlib.sha256(
@@ -209,11 +213,6 @@ class OODResult:
     @property
     def entropy_bpd(self) -> float:
         return self.reference.means["nll"]
-
-    def best(self, ood_set: str) -> tuple[str, float]:
-        """The score with the highest AUROC on one OOD set."""
-        name = max(self.score_names, key=lambda s: self.auroc[s][ood_set])
-        return name, self.auroc[name][ood_set]
 
     def to_json(self) -> dict:
         means = {"in": {k: float(v.mean()) for k, v in self.in_features.items()}, **self.mean_bpd}
