@@ -48,6 +48,7 @@ class ModelConfig:
     dropout: float = 0.0
     fourier: tuple[int, int] | str | None = "auto"  # Fourier exponents n (pixel grid), "auto", None
     lattice_features: bool = True  # Fourier features of the conditioning and octave view (SPEC §4)
+    lattice_posterior: bool = False  # ε̂ = the flat-lattice posterior's ε + the network (pcdm.lattice)
     schedule: str = "learned"  # fixed | learned | monotone
     gamma_min: float | None = None  # γ(0) at init; None: −13.3 + 2 ln(256/K), VDM's σ₀ per bin width
     gamma_max: float = 5.0  # γ(1) at initialisation
@@ -84,10 +85,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """What config.json (and the codec fingerprint) hold; ``wavelet`` only for models
-        that take one, so the configs of the other models are as before."""
+        that take one and ``lattice_posterior`` only when on, so other configs are as before."""
         d = asdict(self)
         if d["wavelet"] is None:
             del d["wavelet"]
+        if not d["lattice_posterior"]:  # runs from before the option hash as before
+            del d["lattice_posterior"]
         return d
 
     @classmethod
@@ -186,6 +189,11 @@ class PCDM(nn.Module):
         self.level_kind = DISCRETE_LEVELS if self.map.discrete else CONTINUOUS_LEVELS
         self.level_shapes = self.map.level_shapes(chw)
         self.level_dims = self.map.dims(chw)
+        if config.lattice_posterior and type(self.map).lattice_residual is HierarchicalMap.lattice_residual:
+            raise ValueError(
+                f"lattice_posterior needs a map with a closed-form lattice posterior (vdm, w-pcdm "
+                f"with the Haar wavelet); {self.map.describe()} has none"
+            )
         self.nets = nn.ModuleList(
             UNet(
                 channels=shape[0],
@@ -242,8 +250,22 @@ class PCDM(nn.Module):
 
     # --- pieces of the bound -------------------------------------------------
     def eps_hat(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
-        """Πₖ ε̂_θᵏ(z_t, γ_t; cond): the network's noise prediction in level k's subspace."""
-        return self.map.project(k, self.nets[k](z, gamma, cond, self.lattice_features(k, z, cond)))
+        """Πₖ ε̂_θᵏ(z_t, γ_t; cond): the noise prediction in level k's subspace; the network's
+        alone, or added to the flat-lattice posterior's (``lattice_posterior``)."""
+        eps = self.nets[k](z, gamma, cond, self.lattice_features(k, z, cond))
+        if self.config.lattice_posterior:
+            eps = eps + self.lattice_eps(k, z, gamma, cond)
+        return self.map.project(k, eps)
+
+    def lattice_eps(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
+        """(z − α E[cᵏ | z, cond]) / σ for the flat-lattice posterior mean (pcdm.lattice): the
+        exact noise near t = 0 whatever the data, 0 once the noise hides the lattice. A
+        function of (z_t, γ_t, z₀^{<s}) only, like the network."""
+        alpha, sigma = (v.reshape(-1, 1, 1, 1) for v in alpha_sigma(gamma))
+        alpha_0, sigma_0 = alpha_sigma(self.schedule(torch.zeros((), device=z.device, dtype=z.dtype)))
+        u, s = z / alpha, sigma / alpha
+        c = None if cond is None else cond / alpha_0
+        return self.map.lattice_residual(k, u, s, c, sigma_0 / alpha_0, self.config.K) / s
 
     # --- lattice awareness (SPEC §4) -----------------------------------------
     def _exponents(self, octave: int, coarser: int = 0) -> tuple[int, int]:

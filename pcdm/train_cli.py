@@ -49,6 +49,11 @@ def add_train_parser(sub) -> None:
         help="do not give the networks Fourier features of the conditioning and octave view (ablation)",
     )
     p.add_argument(
+        "--lattice-posterior",
+        action="store_true",
+        help="add the closed-form flat-lattice posterior to each ε-network (vdm, w-pcdm with haar)",
+    )
+    p.add_argument(
         "--schedule", choices=["fixed", "learned", "monotone"], help="γ schedule (default learned)"
     )
     for name, typ in [
@@ -101,6 +106,8 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
         m["attention"] = False
     if args.no_lattice_features:
         m["lattice_features"] = False
+    if args.lattice_posterior:
+        m["lattice_posterior"] = True
     for f in fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None and v is not False:

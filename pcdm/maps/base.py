@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from .. import lattice
+
 
 def check_divisible(shape: tuple[int, ...], levels: int) -> None:
     """S levels need H and W divisible by 2^(S−1) (SPEC §2)."""
@@ -166,6 +168,15 @@ class HierarchicalMap:
         """Octaves of the lattices level k's network sees (see :class:`Lattice`)."""
         return Lattice(z=0)
 
+    def lattice_residual(
+        self, k: int, u: Tensor, s: Tensor, cond: Tensor | None, s_cond: Tensor, K: int
+    ) -> Tensor | None:
+        """u − E[cᵏ | u, cond] under a flat prior on level k's admissible values
+        (pcdm.lattice), in model units: u = cᵏ + s ε is the level's noisy view, ``cond`` its
+        conditioning seen with noise s_cond (both already divided by α); exactly 0 where the
+        noise hides the lattice. None: the map has no closed form."""
+        return None
+
     # --- previews -----------------------------------------------------------
     def preview(self, zs: list[Tensor]) -> Tensor:
         """The finished coarse levels ``zs`` of a continuous map as an image in pixel units
@@ -176,6 +187,11 @@ class HierarchicalMap:
 
 class Identity(HierarchicalMap):
     """S = 1: the single-scale VDM baseline."""
+
+    def lattice_residual(self, k, u, s, cond, s_cond, K):
+        step, offset = lattice.octave_grid(0, K)  # the pixel grid
+        n = (u - offset) / step
+        return (n - lattice.grid_mean(n, s / step)) * step
 
     def __init__(self, levels: int = 1):
         if levels != 1:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import lattice
 from .base import HierarchicalMap, Lattice, band_shapes, check_divisible, octave_analysis, octave_synthesis
 
 # One orthonormal Haar step on 2×2 blocks [[a, b], [c, d]].
@@ -65,6 +66,16 @@ class Haar(HierarchicalMap):
             return Lattice(z=self.levels - 1)
         o = self.levels - k
         return Lattice(z=o, cond=o, view=o - 1)
+
+    def lattice_residual(self, k, u, s, cond, s_cond, K):
+        # Level 0 is the LL band: block sums, one per site. A detail level's three bands sit
+        # on the coset that the parent sums (its conditioning, the LL at its octave) fix.
+        step, offset = lattice.octave_grid(self.lattice(k).z, K)
+        if k == 0:
+            n = (u - offset) / step
+            return (n - lattice.grid_mean(n, s / step)) * step
+        n = u / step
+        return (n - lattice.haar_detail_mean((cond - offset) / step, s_cond / step, n, s / step)) * step
 
     def view_channels(self, chw, k):
         return 0 if k == 0 else 4 * chw[0]
