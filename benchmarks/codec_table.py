@@ -2,6 +2,7 @@
 
     python benchmarks/codec_table.py RUN [--data fashion-mnist] [--n 1000]
         [--steps 50 100 250 1000] [--limit-for 1000=100] [--batch 64] [--elbo] [--jobs 2]
+        [--elbo-draws 16] [--elbo-draws-for 1000=128] [--keep-from OLD.json]
         [--out benchmarks/results/codec.md]
 
 For every T the first ``--n`` test images (``--limit-for T=N``: the first N, for the
@@ -11,9 +12,12 @@ and decoded again (checked bit-exact); the table reports the total bpd (file byt
 seed and initial bits included), the net bpd (the stream's growth per pixel value of the
 bits-back-coded images: what a long stream approaches), the seed images, the pseudo-random
 initial bits, encode / decode images per second, and with ``--elbo`` the model's T-step
-−ELBO on all ``--n`` images (Monte-Carlo time draws per image, so cheap at any T), the ratio
-of the net code length to the −ELBO of the images actually bits-back coded, and the file's
-size against the best classical codec per image on the same images.
+−ELBO on the images coded at that T (Monte-Carlo time draws per image, so cheap at any T;
+the T-step estimate samples one of T steps, so large T needs more draws:
+``--elbo-draws-for``), the ratio of the net code length to the −ELBO of the images actually
+bits-back coded, and the file's size against the best classical codec per image on the same
+images. ``--keep-from`` carries the other T's rows (with their commands) from an earlier
+JSON, so one T can be re-run without the others.
 Classical codecs (PNG, WebP, JPEG-XL, JPEG-LS, each image its own file) come from
 :func:`pcdm.baselines.compare`. The codec runs its network single-threaded, so ``--jobs J``
 codes J values of T at once in separate processes (one core each; the speeds stay per core).
@@ -46,9 +50,15 @@ ELBO_DRAWS = 16  # Monte-Carlo draws of (t, ε) per image for the −ELBO column
 
 
 def code_at(
-    model, images: np.ndarray, steps: int, lanes: int, elbo: bool, limit: int | None, progress: bool = True
+    model,
+    images: np.ndarray,
+    steps: int,
+    lanes: int,
+    elbo: bool,
+    limit: int | None,
+    progress: bool = True,
+    draws: int = ELBO_DRAWS,
 ) -> dict:
-    everything = images
     images = images[:limit] if limit else images
     h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
     h.shape, h.dtype = tuple(images.shape), images.dtype.str
@@ -72,22 +82,36 @@ def code_at(
         "bytes": stats["bytes"],
         "lanes": lanes,
     }
-    if elbo:
+    if elbo:  # on the images coded at this T
         bound = per_image_bpd(
-            model, everything, n_t=ELBO_DRAWS, steps=steps, desc=f"ELBO T={steps}", progress=progress
+            model, images, n_t=draws, steps=steps, desc=f"ELBO T={steps}", progress=progress
         )
         row["elbo_bpd"] = float(bound["bpd"].mean())
-        row["elbo_se"] = float(bound["bpd"].std(ddof=1) / np.sqrt(len(everything)))
+        row["elbo_se"] = float(bound["bpd"].std(ddof=1) / np.sqrt(len(images)))
+        row["elbo_draws"] = draws
         m = stats["seed_images"]  # the bits-back coded images are m … limit − 1
-        row["elbo_coded_bpd"] = float(bound["bpd"][m : len(images)].mean())
+        row["elbo_coded_bpd"] = float(bound["bpd"][m:].mean())
     return row
 
 
-def _code_in_worker(run: str, data: str, n: int, steps: int, lanes: int, elbo: bool, limit) -> dict:
+def _code_in_worker(
+    run: str, data: str, n: int, steps: int, lanes: int, elbo: bool, limit, draws: int
+) -> dict:
     torch.set_num_threads(1)
     model, _ = load_run(run)
     images = load(data, split="test", limit=n).images
-    return code_at(model, images, steps, lanes, elbo, limit, progress=False)
+    return code_at(model, images, steps, lanes, elbo, limit, progress=False, draws=draws)
+
+
+def pairs(items: list[str], what: str, error) -> dict[int, int]:
+    """``T=N`` options → {T: N}."""
+    out = {}
+    for item in items:
+        t, _, n = item.partition("=")
+        if not (t.isdigit() and n.isdigit() and int(n) > 0):
+            error(f"{what} wants T=N with positive integers, got {item!r}")
+        out[int(t)] = int(n)
+    return out
 
 
 def markdown(run: str, data: str, n: int, lanes: int, rows: list[dict], classic: dict) -> str:
@@ -101,15 +125,16 @@ def markdown(run: str, data: str, n: int, lanes: int, rows: list[dict], classic:
         "classically (JPEG-XL/PNG) as the bits-back stream's seed, so the first pops draw on "
         "them instead of on pseudo-random *initial bits*. *bpd* counts the whole file (header, "
         "seed, initial bits); *net* is the stream's growth per pixel value of the bits-back "
-        f"coded images (what a long stream approaches). The T-step −ELBO (± standard error, "
-        f"{ELBO_DRAWS} draws of t per image) is over all {n}; *net / −ELBO* compares the net code "
-        "length with the −ELBO of the images actually bits-back coded. *vs best classical*: the "
+        "coded images (what a long stream approaches). The T-step −ELBO (± standard error over "
+        "images; *draws*: Monte-Carlo draws of t per image) is over the images coded at that T; "
+        "*net / −ELBO* compares the net code length with the −ELBO of the images actually "
+        "bits-back coded (the seed images excluded). *vs best classical*: the "
         "file's bpd against the best classical codec per image on the same images (negative = "
         "smaller than the classical files).",
         "",
-        "| codec | T | images | seed | bpd | net bpd | T-step −ELBO | net / −ELBO | initial bits "
+        "| codec | T | images | seed | bpd | net bpd | T-step −ELBO | draws | net / −ELBO | initial bits "
         "| encode img/s | decode img/s | vs best classical |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         elbo = f"{r['elbo_bpd']:.4f} ± {r['elbo_se']:.4f}" if "elbo_bpd" in r else "–"
@@ -120,14 +145,16 @@ def markdown(run: str, data: str, n: int, lanes: int, rows: list[dict], classic:
         lines.append(
             f"| PCDM bits-back | {r['steps']} | {r['images']} | {r['seed_images']} | {r['bpd']:.4f} "
             f"| {r['net_bpd']:.4f} "
-            f"| {elbo} | {ratio} | {r['initial_bits']} | {r['enc_ips']:.2f} | {r['dec_ips']:.2f} | {saving} |"
+            f"| {elbo} | {r.get('elbo_draws', '–')} | {ratio} | {r['initial_bits']} "
+            f"| {r['enc_ips']:.2f} | {r['dec_ips']:.2f} | {saving} |"
         )
     for name, entry in classic.items():
         label = "best classical per image" if name == "best" else name
-        lines.append(
-            f"| {label} | – | {n} | – | {entry['bpd']:.4f} ± {entry['se']:.4f} | – | – | – | – | – | – | – |"
-        )
+        lines.append(f"| {label} | – | {n} | – | {entry['bpd']:.4f} ± {entry['se']:.4f} " + "| – " * 8 + "|")
     lines += ["", "Classical codecs: every image is its own file, headers included.", ""]
+    lines += [f"- T = {r['steps']}: `{r['command']}`" for r in rows if r.get("command")]
+    if any(r.get("command") for r in rows):
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -146,15 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
     p.add_argument("--elbo", action="store_true", help="also evaluate the T-step −ELBO")
+    p.add_argument("--elbo-draws", type=int, default=ELBO_DRAWS, help="draws of t per image for the −ELBO")
+    p.add_argument(
+        "--elbo-draws-for", action="append", default=[], metavar="T=D", help="D draws at T steps (repeatable)"
+    )
+    p.add_argument(
+        "--keep-from",
+        metavar="JSON",
+        help="carry the rows of other T from an earlier table's JSON (one T re-run, the table whole)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="code this many values of T at once (processes)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec.md"))
     args = p.parse_args(argv)
-    limits = {}
-    for item in args.limit_for:
-        t, _, n = item.partition("=")
-        if not (t.isdigit() and n.isdigit() and int(n) > 0):
-            p.error(f"--limit-for wants T=N with positive integers, got {item!r}")
-        limits[int(t)] = int(n)
+    limits = pairs(args.limit_for, "--limit-for", p.error)
+    draws = {
+        t: pairs(args.elbo_draws_for, "--elbo-draws-for", p.error).get(t, args.elbo_draws) for t in args.steps
+    }
+    kept = json.loads(Path(args.keep_from).read_text())["rows"] if args.keep_from else []
+    command = "python benchmarks/codec_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     images = load(args.data, split="test", limit=args.n).images
     if args.jobs > 1:  # each worker loads the model itself
@@ -163,14 +199,29 @@ def main(argv: list[str] | None = None) -> int:
             todo = sorted(args.steps, key=lambda t: -t * (limits.get(t) or len(images)))  # longest first
             futures = {
                 t: pool.submit(
-                    _code_in_worker, args.run, args.data, args.n, t, args.batch, args.elbo, limits.get(t)
+                    _code_in_worker,
+                    args.run,
+                    args.data,
+                    args.n,
+                    t,
+                    args.batch,
+                    args.elbo,
+                    limits.get(t),
+                    draws[t],
                 )
                 for t in todo
             }
             rows = [futures[t].result() for t in args.steps]
     else:
         model, _ = load_run(args.run)
-        rows = [code_at(model, images, t, args.batch, args.elbo, limits.get(t)) for t in args.steps]
+        rows = [
+            code_at(model, images, t, args.batch, args.elbo, limits.get(t), draws=draws[t])
+            for t in args.steps
+        ]
+    for r in rows:
+        r["command"] = command
+    carried = [r for r in kept if r["steps"] not in args.steps]
+    rows = sorted(rows + carried, key=lambda r: r["steps"])
     compared = baselines.compare(images)
     best = compared["best"]["per_image"]
     for r in rows:  # the classical reference on exactly the images coded at that T
@@ -178,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     classic = {k: {"bpd": v["bpd"], "se": v["se"]} for k, v in compared.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/codec_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = markdown(args.run, args.data, len(images), args.batch, rows, classic)
-    out.write_text(text + f"Command: `{command}`; torch {torch.__version__}, {platform.platform()}.\n")
+    out.write_text(text + f"Last command: `{command}`; torch {torch.__version__}, {platform.platform()}.\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "classical": classic}, indent=2))
     print(out.read_text())
     return 0

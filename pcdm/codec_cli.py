@@ -11,15 +11,20 @@ pixels match their CRC-32.
 
 from __future__ import annotations
 
+import copy
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from . import codec
 from .baselines import reference_bpd
@@ -65,9 +70,19 @@ def add_compress_parser(sub) -> None:
         "(JPEG-XL/PNG lossless, the smaller per image), so the file is never larger than those plus "
         f"{codec.HEADER_SIZE} header bytes, the names and ≤ 3 bytes per image; or force one",
     )
+    _add_jobs(
+        p,
+        "code the images in J parts at once, one process (core) each: J× faster; each part is its "
+        "own bits-back stream with its own seed and header, so the file grows a little",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_compress)
+
+
+def _add_jobs(p, text: str) -> None:
+    help_text = f"{text} (0: all cores; default %(default)s)"
+    p.add_argument("--jobs", type=int, default=1, metavar="J", help=help_text)
 
 
 def add_decompress_parser(sub) -> None:
@@ -90,6 +105,7 @@ def add_decompress_parser(sub) -> None:
         help="stop after level S (1 = coarsest) and write low-resolution previews "
         "(not checked against the pixel CRC)",
     )
+    _add_jobs(p, "decode the parts of a file made with compress --jobs at once, one process (core) each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_decompress)
 
@@ -226,8 +242,137 @@ def compress(
     return blob, stats
 
 
-def decompress(model, blob: bytes, preview_level: int | None = None, progress: bool = False):
-    """Unpack and decode; returns (header, images or previews (N,h,w,C) uint8)."""
+# --- parallel parts (codec.split_parts) ---------------------------------------------
+
+
+def part_ranges(n: int, jobs: int) -> list[tuple[int, int]]:
+    """min(jobs, n) contiguous parts of n images whose sizes differ by at most one."""
+    j = max(1, min(jobs, n))
+    return [(i * n // j, (i + 1) * n // j) for i in range(j)]
+
+
+def _part_header(h: codec.Header, start: int, stop: int, last: bool) -> codec.Header:
+    part = copy.deepcopy(h)
+    if part.names is not None:
+        part.names = part.names[start:stop]
+    if part.shape is not None:
+        part.shape = (stop - start, *part.shape[1:])
+    part.continued = not last
+    return part
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_worker_init)
+
+
+def _compress_part(run: str, images, h, steps, lanes, ramp, container):
+    model, _ = load_run(run)
+    return compress(model, images, h, steps, lanes, progress=False, ramp=ramp, container=container)
+
+
+def compress_parts(
+    run, model, images: np.ndarray, h: codec.Header, steps: int, lanes: int, jobs: int, progress=False,
+    ramp=True, container="auto",
+):  # fmt: skip
+    """:func:`compress` in ``jobs`` parts at once, one process each (the model loaded from
+    ``run`` in each); one part is :func:`compress` itself. ``auto`` keeps the single
+    all-classical file when it is smaller than the parts together."""
+    ranges = part_ranges(len(images), jobs)
+    if len(ranges) == 1 or container == "classical":
+        return compress(model, images, h, steps, lanes, progress, ramp=ramp, container=container)
+    t0 = time.perf_counter()
+    with _pool(len(ranges)) as pool:
+        futures = [
+            pool.submit(_compress_part, str(run), images[a:b], _part_header(h, a, b, i == len(ranges) - 1),
+                        steps, lanes, ramp, container)
+            for i, (a, b) in enumerate(ranges)
+        ]  # fmt: skip
+        bar = tqdm(futures, desc="compress parts", disable=not progress, leave=False)
+        results = [f.result() for f in bar]
+    wall = time.perf_counter() - t0
+    blob = b"".join(r[0] for r in results)
+    parts = [r[1] for r in results]
+    coded = [(p["n_images"] - p["seed_images"]) * model.dims for p in parts if "net_bpd" in p]
+    stats = {
+        "n_images": len(images), "dims": model.dims, "steps": steps, "lanes": lanes, "ramp": ramp,
+        "parts": len(parts), "part_containers": [p["container"] for p in parts],
+        "bits_back_bytes": len(blob), "seed_images": sum(p.get("seed_images", p["n_images"]) for p in parts),
+        "initial_bits": sum(p.get("initial_bits", 0) for p in parts), "seconds": wall,
+        "images_per_s": len(images) / wall,
+    }  # fmt: skip
+    if coded:
+        net_bits = sum(p["net_bpd"] * c for p, c in zip((p for p in parts if "net_bpd" in p), coded))
+        stats["net_bpd"] = net_bits / sum(coded)
+    single = None
+    if container == "auto":
+        h_all = copy.deepcopy(h)
+        single, alone = compress(model, images, h_all, steps, lanes, False, ramp=ramp, container="classical")
+        stats["classical_bytes"] = len(single)
+        stats["classical_codecs"] = alone["classical_codecs"]
+    if single is not None and len(single) <= len(blob):
+        blob, stats["container"], stats["parts"] = single, "classical", 1
+    else:
+        stats["container"] = "bits-back" if "bits-back" in stats["part_containers"] else "classical"
+    stats["bytes"] = len(blob)
+    stats["bpd"] = 8 * len(blob) / (len(images) * model.dims)
+    return blob, stats
+
+
+def _decompress_in_worker(run: str, weights: str | None, blob: bytes, preview_level):
+    model, _ = load_run(run)
+    if weights is not None:
+        load_weights(model, Path(weights))
+    return _decompress_part(model, blob, preview_level)
+
+
+def decompress(
+    model, blob: bytes, preview_level: int | None = None, progress: bool = False, jobs: int = 1,
+    run=None, weights=None,
+):  # fmt: skip
+    """Unpack and decode; returns (header, images or previews (N,h,w,C) uint8). A file of
+    several parts (``compress --jobs``) is decoded part by part, ``jobs`` at once when the
+    model's ``run`` (and ``weights`` file, None: the run's own) is given to load it again."""
+    parts = codec.split_parts(blob)
+    if len(parts) == 1:
+        return _decompress_part(model, blob, preview_level, progress)
+    jobs = min(jobs, len(parts)) if run is not None else 1
+    if jobs > 1:
+        with _pool(jobs) as pool:
+            futures = [pool.submit(_decompress_in_worker, str(run), weights, p, preview_level) for p in parts]
+            bar = tqdm(futures, desc="decompress parts", disable=not progress, leave=False)
+            results = [f.result() for f in bar]
+    else:
+        bar = tqdm(parts, desc="decompress parts", disable=not progress, leave=False)
+        results = [_decompress_part(model, p, preview_level) for p in bar]
+    return _merge_headers([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _merge_headers(heads: list[codec.Header]) -> codec.Header:
+    """One header for the whole file: the parts must describe pieces of one input."""
+    h = copy.deepcopy(heads[0])
+    for part in heads[1:]:
+        key = (part.kind, part.C, part.H, part.W, part.K, part.dtype)
+        same = key == (h.kind, h.C, h.H, h.W, h.K, h.dtype)
+        if not same or (h.shape is not None and len(part.shape) != len(h.shape)):
+            raise codec.CodecError("corrupt .pcdm file: its parts describe different inputs")
+    h.N = sum(p.N for p in heads)
+    if h.names is not None:
+        h.names = [n for p in heads for n in p.names]
+        if len(set(h.names)) != len(h.names):
+            raise codec.CodecError("corrupt .pcdm file: duplicate file names across parts")
+    if h.shape is not None:
+        h.shape = (h.N, *h.shape[1:])
+    h.continued = False
+    return h
+
+
+def _decompress_part(model, blob: bytes, preview_level: int | None = None, progress: bool = False):
+    """Unpack and decode one part; returns (header, images or previews (N,h,w,C) uint8)."""
     h, words = codec.unpack(blob)
     C, H, W = model.config.image_shape
     if (h.C, h.H, h.W, h.K) != (C, H, W, model.config.K):
@@ -343,9 +488,9 @@ def _png(img: np.ndarray):
 def run_compress(args) -> int:
     model, _ = load_run(args.run)
     images, h = read_input(args.input, model.config.K)
-    blob, stats = compress(
-        model, images, h, args.steps, args.batch, progress=not (args.quiet or args.json), ramp=args.ramp,
-        container=args.container,
+    blob, stats = compress_parts(
+        args.run, model, images, h, args.steps, args.batch, _jobs(args.jobs),
+        progress=not (args.quiet or args.json), ramp=args.ramp, container=args.container,
     )  # fmt: skip
     atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
     if reference := reference_bpd(images):  # classical lossless files of the same images
@@ -358,7 +503,15 @@ def run_compress(args) -> int:
             f"{n} image{'' if n == 1 else 's'} -> {args.output}: {stats['bytes']} bytes, "
             f"{stats['bpd']:.4f} bits per pixel value (lower is better), {stats['container']} container"
         )
-        if "bits_back_bytes" in stats:
+        if stats.get("parts", 1) > 1:
+            print(
+                f"  {stats['parts']} parts coded at once ({', '.join(stats['part_containers'])}), "
+                f"{stats['seed_images']} image(s) stored classically as seeds, {stats['initial_bits']} "
+                f"initial bits, {stats['net_bpd']:.4f} bpd net; classical {stats['classical_bytes']} bytes"
+                if "net_bpd" in stats
+                else f"  {stats['parts']} parts, every one stored classically"
+            )
+        elif "bits_back_bytes" in stats:
             print(
                 f"  bits-back {stats['bits_back_bytes']} bytes ({stats['seed_images']} image(s) stored "
                 f"classically as its seed, {stats['initial_bits']} initial bits, "
@@ -372,12 +525,19 @@ def run_compress(args) -> int:
     return 0
 
 
+def _jobs(jobs: int) -> int:
+    if jobs < 0:
+        raise DataError(f"--jobs must be ≥ 0 (0: all cores), got {jobs}")
+    return jobs or os.cpu_count() or 1
+
+
 def matching_model(run, wanted: bytes, log=None):
-    """The model of RUN (a run folder or RUN/ckpt/step_N) whose fingerprint is ``wanted``:
-    the given weights first, then every weights file of the run, newest first."""
+    """(model, weights) of RUN (a run folder or RUN/ckpt/step_N) whose fingerprint is
+    ``wanted``: the given weights first (weights None), then every weights file of the run,
+    newest first."""
     model, _ = load_run(run)
     if fingerprint(model) == wanted:
-        return model
+        return model, None
     tried = 1
     for path in weight_files(run):
         load_weights(model, path)
@@ -385,7 +545,7 @@ def matching_model(run, wanted: bytes, log=None):
         if fingerprint(model) == wanted:
             if log:
                 log(f"using {path}: the weights this file was compressed with")
-            return model
+            return model, path
     raise codec.CodecError(
         f"no weights in {run} match the file (fingerprint {wanted.hex()[:16]}…; {tried} weight files "
         "checked): it was compressed with another run, or with a checkpoint since deleted (--keep)"
@@ -397,12 +557,18 @@ def run_decompress(args) -> int:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     blob = path.read_bytes()
-    header, _ = codec.unpack(blob)
-    if header.classical:  # no bits-back stream: the run only supplies the image shape
+    heads = [codec.unpack(part)[0] for part in codec.split_parts(blob)]
+    streams = [h for h in heads if not h.classical]
+    weights = None
+    if not streams:  # no bits-back stream: the run only supplies the image shape
         model, _ = load_run(args.run)
     else:
-        model = matching_model(args.run, header.fingerprint, log=lambda msg: print(msg, file=sys.stderr))
-    h, images = decompress(model, blob, args.preview_level, progress=not args.quiet)
+        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+        model, weights = matching_model(args.run, streams[0].fingerprint, log=log)
+    h, images = decompress(
+        model, blob, args.preview_level, progress=not args.quiet, jobs=_jobs(args.jobs), run=args.run,
+        weights=None if weights is None else str(weights),
+    )  # fmt: skip
     write_output(h, images, args.output)
     what = "preview" if images.shape[1:3] != (h.H, h.W) else "image"
     print(f"{len(images)} {what}{'' if len(images) == 1 else 's'} -> {args.output}")

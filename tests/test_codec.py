@@ -406,14 +406,16 @@ def test_ramp_cuts_initial_bits(run, test_images):
 
 def test_codec_table_benchmark(run, tmp_path):
     """benchmarks/codec_table.py: every T decoded bit-exact, --limit-for codes a prefix, the
-    −ELBO covers all images, and the classical codecs sit in the same table."""
+    −ELBO covers the coded images with the draws asked for, the classical codecs sit in the
+    same table, and --keep-from re-runs one T while carrying the others."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("codec_table", ROOT / "benchmarks" / "codec_table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
     out = tmp_path / "codec.md"
-    args = [str(run), "--n", "6", "--steps", "4", "8", "--limit-for", "8=3", "--batch", "2", "--elbo"]
+    args = [str(run), "--n", "6", "--steps", "4", "8", "--limit-for", "8=3", "--batch", "2", "--elbo",
+            "--elbo-draws", "2", "--elbo-draws-for", "8=5"]  # fmt: skip
     # As a script, with two worker processes (one T each).
     script = [sys.executable, str(ROOT / "benchmarks" / "codec_table.py"), *args, "--jobs", "2"]
     res = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -421,6 +423,7 @@ def test_codec_table_benchmark(run, tmp_path):
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {r["steps"]: r for r in report["rows"]}
     assert rows[4]["images"] == 6 and rows[8]["images"] == 3
+    assert rows[4]["elbo_draws"] == 2 and rows[8]["elbo_draws"] == 5
     for r in rows.values():
         assert r["net_bpd"] > 0 and r["initial_bits"] >= 0 and r["seed_images"] >= 1
         assert r["bytes"] * 8 / (r["images"] * 28 * 28) == pytest.approx(r["bpd"], rel=0.01)
@@ -432,7 +435,7 @@ def test_codec_table_benchmark(run, tmp_path):
     assert {"png", "jpegxl", "best"} <= set(report["classical"])
     text = out.read_text()
     assert "| PCDM bits-back | 4 | 6 |" in text and "| PCDM bits-back | 8 | 3 |" in text
-    assert "Command: `python benchmarks/codec_table.py " in text and "--limit-for 8=3" in text
+    assert "Last command: `python benchmarks/codec_table.py " in text and "--limit-for 8=3" in text
     # In this process, one T after the other: the same streams, byte for byte.
     assert table.main([*args, "--out", str(tmp_path / "serial.md")]) == 0
     serial = json.loads((tmp_path / "serial.json").read_text())["rows"]
@@ -441,6 +444,15 @@ def test_codec_table_benchmark(run, tmp_path):
     ]
     with pytest.raises(SystemExit):
         table.main([str(run), "--limit-for", "8=x", "--out", str(out)])
+    # Re-run T = 8 alone on 2 images: T = 4's row is carried over unchanged, with its command.
+    again = [str(run), "--n", "6", "--steps", "8", "--limit-for", "8=2", "--batch", "2", "--elbo"]
+    assert (
+        table.main([*again, "--keep-from", str(out.with_suffix(".json")), "--out", str(tmp_path / "k.md")])
+        == 0
+    )
+    kept = {r["steps"]: r for r in json.loads((tmp_path / "k.json").read_text())["rows"]}
+    assert kept[4] == rows[4] and kept[8]["images"] == 2 and kept[8]["elbo_draws"] == 16
+    assert kept[4]["command"] != kept[8]["command"] and "--limit-for 8=2" in kept[8]["command"]
 
 
 FORGE_SCRIPT = r"""
@@ -525,3 +537,69 @@ def test_inputs_and_outputs_as_users_give_them(run, test_images, tmp_path, capsy
     capsys.readouterr()
     assert main(["decompress", str(run), str(tmp_path / "t.pcdm"), "-o", str(tmp_path / "x.png")]) == 2
     assert "-o X.png is for one" in capsys.readouterr().err
+
+
+def test_parallel_parts_round_trip_and_fail_cleanly(run, test_images, tmp_path):
+    """compress --jobs 3 codes three parts at once (one process each); the file is the parts
+    back to back and decodes bit-exactly with any --jobs, in a fresh process; names and array
+    shapes come back whole; corrupting the part structure is a clean one-line error."""
+    images = test_images[:30, ..., 0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img, "L").save(folder / f"{i:02d}.png")
+    np.save(tmp_path / "a.npy", images)
+    for src, out_name in ((folder, "out"), (tmp_path / "a.npy", "out.npy")):
+        blob = tmp_path / f"{out_name}.pcdm"
+        res = cli(
+            "compress",
+            str(run),
+            str(src),
+            "-o",
+            str(blob),
+            "--steps",
+            "3",
+            "--jobs",
+            "3",
+            "--json",
+            "--container",
+            "bits-back",
+        )  # fmt: skip (the tiny model does not beat JPEG-XL)
+        assert res.returncode == 0, res.stderr
+        stats = json.loads(res.stdout)
+        data = blob.read_bytes()
+        parts = codec.split_parts(data)
+        assert stats["parts"] == len(parts) == 3 and stats["container"] == "bits-back"
+        assert [codec.unpack(p)[0].N for p in parts] == [10, 10, 10]
+        assert [codec.unpack(p)[0].continued for p in parts] == [True, True, False]
+        assert stats["bytes"] == len(data) and stats["n_images"] == 30 and stats["images_per_s"] > 0
+        for jobs in ("1", "2"):
+            out = tmp_path / f"{jobs}-{out_name}"
+            res = cli("decompress", str(run), str(blob), "-o", str(out), "--jobs", jobs, "--quiet", threads=2)
+            assert res.returncode == 0, res.stderr
+            if out.suffix == ".npy":
+                back = np.load(out)
+                assert back.shape == images.shape and back.dtype == images.dtype
+            else:
+                assert sorted(p.name for p in out.iterdir()) == [f"{i:02d}.png" for i in range(30)]
+                back = np.stack([np.asarray(Image.open(out / f"{i:02d}.png")) for i in range(30)])
+            assert np.array_equal(back, images)
+    model, _ = load_run(run)
+    data = (tmp_path / "out.pcdm").read_bytes()
+    first = len(codec.split_parts(data)[0])
+    cases = [data[:first], data[: first + 50], data + data[:first]]  # a part missing, cut, extra
+    last = bytearray(data)  # the last part claims another follows
+    last[len(data) - len(codec.split_parts(data)[-1]) + 7] |= codec.FLAG_CONTINUED
+    cases.append(bytes(last))
+    for blob in cases:
+        with pytest.raises(ValueError) as err:
+            codec_cli.decompress(model, blob)
+        assert "\n" not in str(err.value)
+    # Three images in three parts: each part alone is classical, and one classical file is
+    # smaller than three, so auto writes one.
+    blob, stats = codec_cli.compress_parts(
+        run, model, test_images[:3], codec.Header(codec.KIND_FOLDER, b"", *[0] * 10, names=["a", "b", "c"]),
+        3, 4, jobs=3,
+    )  # fmt: skip
+    assert stats["parts"] == 1 and stats["container"] == "classical" and len(codec.split_parts(blob)) == 1
+    assert np.array_equal(codec_cli.decompress(model, blob)[1], test_images[:3])

@@ -73,6 +73,12 @@ says which), so a file is never larger than the images' best JPEG-XL/PNG files +
 each (codec id, LEB128 length, below 16 KiB per file) + 104 header bytes + ≤ 8 padding bytes
 + the names or array shape.
 
+Parallel parts (``pcdm compress --jobs J``): the images are cut into J contiguous parts, each
+coded as its own file (own seed, own stream) in its own process, and the file is the parts
+back to back, every part but the last flagged FLAG_CONTINUED (``split_parts``); the parts
+decode independently, so ``decompress --jobs J`` uses J cores too. Each part costs its own
+header and seed; ``auto`` keeps the single all-classical file when that is smaller.
+
 File format (all integers little-endian)::
 
     offset size  field
@@ -81,7 +87,7 @@ File format (all integers little-endian)::
     5      1     input kind: 0 = .npy array, 1 = image folder
     6      1     GRID_BITS (grid fraction 2^−g of the smallest std)
     7      1     flags: bit 0 = lane ramp (see ``batch_layout``), bit 1 = classical (every
-                 image in the seed, no stream); other bits 0
+                 image in the seed, no stream), bit 2 = another part follows; other bits 0
     8      32    model fingerprint (checkpoint.fingerprint, SHA-256)
     40     4×15  T, B (lanes), N (images), C, H, W, K, n_init (reservoir words),
                  kmin (pruned reservoir words), meta_len, payload_words,
@@ -125,6 +131,7 @@ from .bitswap import RAMP, BatchLayout, Encoded, batch_layout, decode_stream, en
 from .container import (
     CODEC_IDS,
     FLAG_CLASSICAL,
+    FLAG_CONTINUED,
     FLAG_RAMP,
     Header,
     check_name,
@@ -138,14 +145,15 @@ from .container import (
     seed_count,
     seed_need_bits,
     seed_words,
+    split_parts,
     unpack,
 )
 
 __all__ = [
-    "CODEC_IDS", "FLAG_CLASSICAL", "FLAG_RAMP", "GRID_BITS", "HEADER", "HEADER_SIZE", "KIND_FOLDER",
-    "KIND_NPY", "MAX_IMAGES", "POP_STDS", "PUSH_STDS", "RAMP", "WORK_PER_BIT", "BatchLayout",
+    "CODEC_IDS", "FLAG_CLASSICAL", "FLAG_CONTINUED", "FLAG_RAMP", "GRID_BITS", "HEADER", "HEADER_SIZE",
+    "KIND_FOLDER", "KIND_NPY", "MAX_IMAGES", "POP_STDS", "PUSH_STDS", "RAMP", "WORK_PER_BIT", "BatchLayout",
     "CodecError", "Encoded", "Grid", "Header", "batch_layout", "check_name", "classical_codecs",
     "classical_record", "clean_previews", "decode_records", "decode_stream", "encode_images",
     "make_grid", "pack", "pixel_crc", "pop_p", "pop_q", "push_p", "push_q", "reservoir",
-    "seed_bytes", "seed_count", "seed_need_bits", "seed_words", "unpack",
+    "seed_bytes", "seed_count", "seed_need_bits", "seed_words", "split_parts", "unpack",
 ]  # fmt: skip

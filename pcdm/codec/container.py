@@ -39,6 +39,8 @@ from .ans import (
 
 FLAG_RAMP = 1  # header flags: lane ramp on
 FLAG_CLASSICAL = 2  # every image stored classically (no bits-back stream)
+FLAG_CONTINUED = 4  # another part follows (a file coded in parallel parts, ``split_parts``)
+MAX_PARTS = 4096
 CLASSICAL_CODECS = ("jpegxl", "png")  # tried for every image; the smallest file is kept
 CODEC_IDS = baselines.CODECS  # a record's first byte indexes this tuple
 SEED_MARGIN = 1.25  # whitening reads 1.25 × a pop's expected bits ahead (+ 64)
@@ -208,6 +210,7 @@ class Header:
     dtype: str | None = None
     seed_images: int = 0  # the first images, stored classically as the stream's seed
     seed_words: int = 0  # their words at the bottom of the payload
+    continued: bool = False  # another part follows in the same file
 
     @property
     def classical(self) -> bool:
@@ -235,6 +238,7 @@ def pack(h: Header, words: np.ndarray) -> bytes:
     meta = _meta_bytes(h)
     payload = np.asarray(words, dtype="<u4").tobytes()
     flags = (FLAG_RAMP if h.ramp else 0) | (FLAG_CLASSICAL if h.classical else 0)
+    flags |= FLAG_CONTINUED if h.continued else 0
     fixed = HEADER.pack(
         MAGIC, VERSION, h.kind, GRID_BITS, flags, h.fingerprint,
         h.T, h.B, h.N, h.C, h.H, h.W, h.K, h.n_init, h.kmin, len(meta), len(words),
@@ -265,7 +269,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     # Belt and braces: the header checksum can be forged, the bounds cannot be skipped.
     if grid_bits != GRID_BITS:
         raise CodecError(f"unsupported grid setting {grid_bits} in .pcdm header")
-    if flags & ~(FLAG_RAMP | FLAG_CLASSICAL):
+    if flags & ~(FLAG_RAMP | FLAG_CLASSICAL | FLAG_CONTINUED):
         raise CodecError(f"corrupt .pcdm header: unknown flags {flags:#04x}")
     if kind not in (KIND_NPY, KIND_FOLDER):
         raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
@@ -301,12 +305,39 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     if zlib.crc32(payload) != payload_crc:
         raise CodecError("corrupt .pcdm payload (checksum mismatch)")
     h = Header(kind, fp, T, B, N, C, H, W, K, n_init, kmin, pixel_crc, bool(flags & FLAG_RAMP))
-    h.seed_images, h.seed_words = seed_images, seed_words
+    h.seed_images, h.seed_words, h.continued = seed_images, seed_words, bool(flags & FLAG_CONTINUED)
     _parse_meta(h, meta)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     if words[-1] == 0:
         raise CodecError("corrupt .pcdm payload (ends in a zero word)")
     return h, words
+
+
+def split_parts(data: bytes) -> list[bytes]:
+    """A file coded in parallel parts is the parts' files back to back, each but the last
+    flagged FLAG_CONTINUED; a one-part file is itself. Only the lengths are read here (each
+    part is validated by :func:`unpack`)."""
+    parts, pos = [], 0
+    while True:
+        if len(data) - pos < HEADER_SIZE:
+            have = len(data) - pos
+            raise CodecError(f"not a .pcdm file: part {len(parts)} has only {have} bytes (truncated?)")
+        fields = HEADER.unpack_from(data, pos)
+        if fields[0] != MAGIC:
+            raise CodecError(f"not a .pcdm file (bad magic bytes{f' in part {len(parts)}' if parts else ''})")
+        meta_len, n_words = fields[15], fields[16]
+        end = pos + HEADER_SIZE + meta_len + 4 * n_words
+        continued = bool(fields[4] & FLAG_CONTINUED)
+        if end > len(data) or (not continued and end != len(data)):
+            end = len(data)  # let unpack name the truncation or padding
+        parts.append(bytes(data[pos:end]))
+        if not continued or end == len(data):
+            if continued:
+                raise CodecError("truncated .pcdm file: the last part says another follows")
+            return parts
+        if len(parts) >= MAX_PARTS:
+            raise CodecError(f"corrupt .pcdm file: more than {MAX_PARTS} parts")
+        pos = end
 
 
 def _parse_meta(h: Header, meta: bytes) -> None:
