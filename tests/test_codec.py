@@ -603,3 +603,27 @@ def test_parallel_parts_round_trip_and_fail_cleanly(run, test_images, tmp_path):
     )  # fmt: skip
     assert stats["parts"] == 1 and stats["container"] == "classical" and len(codec.split_parts(blob)) == 1
     assert np.array_equal(codec_cli.decompress(model, blob)[1], test_images[:3])
+
+
+def test_codec_speed_benchmark(run, tmp_path):
+    """benchmarks/codec_speed.py: both settings decode bit-exact (it exits otherwise), two
+    jobs make two parts, and the profile's network time is part of the total."""
+    out = tmp_path / "speed.md"
+    script = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "codec_speed.py"),
+        str(run),
+        "--n",
+        "6",
+        "--steps",
+        "2",
+    ]
+    res = subprocess.run([*script, "--batch", "2", "--jobs", "1", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["jobs"], r["parts"]) for r in report["rows"]] == [(1, 1), (2, 2)]
+    assert all(r["encode_ips"] > 0 and r["decode_ips"] > 0 for r in report["rows"])
+    prof = report["profile"]
+    assert 0 < prof["network_s"] < prof["seconds"] and 0 < prof["other_share"] < 1
+    assert "| 2 | 2 |" in out.read_text()
