@@ -156,3 +156,33 @@ def test_train_speed_script(capsys):
     assert all(v > 0 for v in out["seconds_per_step"].values())
     sps = out["seconds_per_step"]
     assert out["speedup_vs_vdm"]["w-pcdm"] == pytest.approx(sps["vdm"] / sps["w-pcdm"], rel=1e-2)
+
+
+def test_longer_pair_evaluates_the_checkpoint_each_minute_bought(tmp_path):
+    """benchmarks/longer_pair.py: M minutes at s seconds per step → the last checkpoint at or
+    below 60 M / s, evaluated; a run that was not trained that far is a clear error."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "r"
+    train = [sys.executable, "-m", "pcdm.cli", "train", "--model", "w-pcdm", "--data", "digits",
+             "--out", str(run), "--preset", "tiny", "--steps", "6", "--ckpt-every", "2", "--keep", "10",
+             "--sample-steps", "0"]  # fmt: skip
+    assert subprocess.run(train, capture_output=True, text=True, cwd=root).returncode == 0
+    out = tmp_path / "pair.md"
+    script = [sys.executable, str(root / "benchmarks" / "longer_pair.py"), "--run", f"a={run}",
+              "--s-per-step", "a=30", "--minutes", "1.5", "2.5", "--data", "digits", "--limit", "20",
+              "--out", str(out)]  # fmt: skip
+    res = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["a"]["step"] for r in rows] == [2, 4]  # 3 and 5 steps bought: checkpoints 2 and 4
+    assert all(r["a"]["bpd"] > 0 and r["a"]["se"] > 0 for r in rows)
+    script[script.index("2.5")] = "60"
+    res = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert (
+        res.returncode == 0
+        and [r["a"]["step"] for r in json.loads(out.with_suffix(".json").read_text())][-1] == 6
+    )
