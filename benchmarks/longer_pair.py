@@ -25,11 +25,12 @@ PCDM = [sys.executable, "-m", "pcdm.cli"]
 
 
 def checkpoint_at(run: Path, step: int) -> Path:
-    """The run's last checkpoint at or below ``step``."""
+    """The run's last checkpoint at or below ``step``; the run must have got that far."""
     steps = sorted(int(p.name.split("_")[1]) for p in (run / "ckpt").glob("step_*"))
     below = [s for s in steps if s <= step]
-    if not below:
-        raise SystemExit(f"{run}: no checkpoint at or below step {step}")
+    if not below or steps[-1] < step:
+        have = steps[-1] if steps else 0
+        raise SystemExit(f"{run}: trained to step {have}, the time asked for buys {step}: resume it further")
     return run / "ckpt" / f"step_{below[-1]:08d}"
 
 

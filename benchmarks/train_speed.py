@@ -3,6 +3,7 @@ speed-up over vdm at equal architecture (same preset, one thread, one model at a
 
     python benchmarks/train_speed.py [--data fashion-mnist] [--models vdm,w-pcdm,lift-pcdm]
                                      [--steps 40] [--preset small] [--width W]
+                                     [--variant NAME=MODEL:FLAGS ...]
 
 Each model runs ``pcdm train`` for 10 + ``--steps`` steps in a subprocess (data loading,
 the bound, backward, AdamW, EMA, logging: everything a training step does); the time of
@@ -38,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40, help="timed steps per model (after 10 warm-up steps)")
     p.add_argument("--preset", default="small", help="preset shared by all models")
     p.add_argument("--width", type=int, help="network width for every model (default: the preset's)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL:FLAGS",
+        help="also time a variant (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     ablation = _ablation()
@@ -45,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         abl = ablation.parse_args(
             ["--models", args.models, "--preset", args.preset, "--speed-steps", str(args.steps)]
             + ["--out-dir", work, "--threads", "1"]
+            + [a for v in args.variant for a in ("--variant", v)]
         )
         if args.width:
-            abl.runs = {name: (m, ["--width", str(args.width)]) for name, (m, _) in abl.runs.items()}
+            width = ["--width", str(args.width)]
+            abl.runs = {name: (m, [*flags, *width]) for name, (m, flags) in abl.runs.items()}
         speeds = ablation.measure_speeds(abl, args.data, log=lambda msg: print(msg, file=sys.stderr))
     base = speeds.get("vdm")
     out = {

@@ -150,9 +150,9 @@ def test_train_speed_script(capsys):
     """benchmarks/train_speed.py times real `pcdm train` steps and reports the ratio to vdm."""
     mod = load_benchmark("train_speed")
     args = ["--data", "digits", "--preset", "tiny", "--models", "vdm,w-pcdm", "--steps", "5", "--json"]
-    assert mod.main(args) == 0
+    assert mod.main([*args, "--variant", "w-lat=w-pcdm:--lattice-posterior"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["seconds_per_step"]) == {"vdm", "w-pcdm"}
+    assert set(out["seconds_per_step"]) == {"vdm", "w-pcdm", "w-lat"}
     assert all(v > 0 for v in out["seconds_per_step"].values())
     sps = out["seconds_per_step"]
     assert out["speedup_vs_vdm"]["w-pcdm"] == pytest.approx(sps["vdm"] / sps["w-pcdm"], rel=1e-2)
@@ -180,9 +180,10 @@ def test_longer_pair_evaluates_the_checkpoint_each_minute_bought(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [r["a"]["step"] for r in rows] == [2, 4]  # 3 and 5 steps bought: checkpoints 2 and 4
     assert all(r["a"]["bpd"] > 0 and r["a"]["se"] > 0 for r in rows)
-    script[script.index("2.5")] = "60"
+    script[script.index("2.5")] = "3"  # exactly the 6 steps trained
     res = subprocess.run(script, capture_output=True, text=True, cwd=root)
-    assert (
-        res.returncode == 0
-        and [r["a"]["step"] for r in json.loads(out.with_suffix(".json").read_text())][-1] == 6
-    )
+    assert res.returncode == 0, res.stderr
+    assert [r["a"]["step"] for r in json.loads(out.with_suffix(".json").read_text())] == [2, 6]
+    script[script.index("3")] = "60"  # 120 steps: more than the run has
+    res = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert res.returncode != 0 and "trained to step 6" in res.stderr
