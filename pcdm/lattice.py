@@ -34,7 +34,7 @@ def residue_moments(n: Tensor, tau: Tensor, period: int) -> tuple[Tensor, Tensor
     """For each residue r of m mod ``period``: log Σ_m w(m) and E[m] over m ≡ r, with
     w(m) = exp(−(n − m)²/2τ²). ``tau`` broadcasts against n and must be ≤ TAU_MAX.
     Returns two tensors of shape n.shape + (period,)."""
-    half = math.ceil(_REACH * TAU_MAX / period) + 1
+    half = math.ceil(_REACH * float(tau.detach().max()) / period) + 1  # the points within reach
     j = torch.arange(-half, half + 1, device=n.device, dtype=n.dtype)
     r = torch.arange(period, device=n.device, dtype=n.dtype)
     centre = torch.round((n.detach()[..., None] - r) / period)  # (..., P): nearest m ≡ r
@@ -51,15 +51,24 @@ def octave_grid(o: int, K: int) -> tuple[float, float]:
     return 2.0 ** (1 - o) / K, 2.0**o * (1 / K - 1)
 
 
-def beyond_reach(tau: Tensor) -> Tensor:
-    """Where the posterior mean is the view itself (to ~e⁻¹¹): τ > TAU_MAX."""
-    return tau > TAU_MAX
+def within_reach(mean, n: Tensor, tau: Tensor, *also: Tensor) -> Tensor:
+    """``mean(n, τ, *also)`` on the rows of the batch n whose τ ≤ TAU_MAX (τ one value, or
+    one per row broadcasting against n; ``also``: more per-row tensors); every other row is
+    its view n itself (its posterior mean to ~e⁻¹¹) and costs nothing."""
+    per_row = tau.reshape(-1).expand(len(n)) if tau.numel() == 1 else tau.reshape(len(n))
+    rows = (per_row <= TAU_MAX).nonzero().squeeze(1)
+    if len(rows) == len(n):
+        return mean(n, tau, *also)
+    out = n.clone()
+    if len(rows):
+        shape = (len(rows),) + (1,) * (n.dim() - 1)
+        out[rows] = mean(n[rows], per_row[rows].view(shape), *(a[rows] for a in also))
+    return out
 
 
 def grid_mean(n: Tensor, tau: Tensor) -> Tensor:
     """E[m | n] for m ∈ ℤ under a flat prior (one coefficient per site, no coupling)."""
-    mean = residue_moments(n, tau.clamp(max=TAU_MAX), 1)[1][..., 0]
-    return torch.where(beyond_reach(tau), n, mean)
+    return within_reach(lambda n, tau: residue_moments(n, tau, 1)[1][..., 0], n, tau)
 
 
 # The admissible residues (s₀, s₁, s₂, s₃) mod 4: sᵢ ≡ s₀ (mod 2), Σ ≡ 0 (mod 4).
@@ -74,9 +83,14 @@ def haar_detail_mean(n_parent: Tensor, tau_parent: Tensor, n_detail: Tensor, tau
     """E[(s₁, s₂, s₃) | views] for one Haar step under a flat prior on the admissible
     lattice: ``n_parent`` (N, C, h, w) a noisy view of s₀ (noise ``tau_parent``),
     ``n_detail`` (N, 3C, h, w) of the details in pywt band order (noise ``tau``)."""
+    tau_parent = tau_parent.clamp(max=TAU_MAX)
+    return within_reach(lambda d, t, p: _haar_mean(p, tau_parent, d, t), n_detail, tau, n_parent)
+
+
+def _haar_mean(n_parent: Tensor, tau_parent: Tensor, n_detail: Tensor, tau: Tensor) -> Tensor:
     c = n_parent.shape[1]
-    lz0, _ = residue_moments(n_parent, tau_parent.clamp(max=TAU_MAX), 4)  # (N, C, h, w, 4)
-    lz, mean = residue_moments(n_detail, tau.clamp(max=TAU_MAX), 4)  # (N, 3C, h, w, 4)
+    lz0, _ = residue_moments(n_parent, tau_parent, 4)  # (N, C, h, w, 4)
+    lz, mean = residue_moments(n_detail, tau, 4)  # (N, 3C, h, w, 4)
     lz, mean = lz.unflatten(1, (3, c)), mean.unflatten(1, (3, c))  # band i, channel
     logits, means = [], []
     for r0, r1, r2, r3 in _HAAR_COSETS:
@@ -84,4 +98,4 @@ def haar_detail_mean(n_parent: Tensor, tau_parent: Tensor, n_detail: Tensor, tau
         means.append(torch.stack([mean[:, 0, ..., r1], mean[:, 1, ..., r2], mean[:, 2, ..., r3]], 1))
     weights = torch.softmax(torch.stack(logits, -1), -1)  # (N, C, h, w, cosets)
     out = (torch.stack(means, -1) * weights[:, None]).sum(-1)  # (N, 3, C, h, w)
-    return torch.where(beyond_reach(tau), n_detail, out.flatten(1, 2))
+    return out.flatten(1, 2)
