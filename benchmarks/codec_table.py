@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec.md"))
     args = p.parse_args(argv)
     limits = pairs(args.limit_for, "--limit-for", p.error)
-    draws = {
-        t: pairs(args.elbo_draws_for, "--elbo-draws-for", p.error).get(t, args.elbo_draws) for t in args.steps
-    }
+    draws_for = pairs(args.elbo_draws_for, "--elbo-draws-for", p.error)
+    draws = {t: draws_for.get(t, args.elbo_draws) for t in args.steps}
     kept = json.loads(Path(args.keep_from).read_text())["rows"] if args.keep_from else []
     command = "python benchmarks/codec_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 

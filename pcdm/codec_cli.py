@@ -297,7 +297,7 @@ def compress_parts(
     wall = time.perf_counter() - t0
     blob = b"".join(r[0] for r in results)
     parts = [r[1] for r in results]
-    coded = [(p["n_images"] - p["seed_images"]) * model.dims for p in parts if "net_bpd" in p]
+    streams = [p for p in parts if "net_bpd" in p]  # the parts that kept a bits-back stream
     stats = {
         "n_images": len(images), "dims": model.dims, "steps": steps, "lanes": lanes, "ramp": ramp,
         "parts": len(parts), "part_containers": [p["container"] for p in parts],
@@ -305,9 +305,9 @@ def compress_parts(
         "initial_bits": sum(p.get("initial_bits", 0) for p in parts), "seconds": wall,
         "images_per_s": len(images) / wall,
     }  # fmt: skip
-    if coded:
-        net_bits = sum(p["net_bpd"] * c for p, c in zip((p for p in parts if "net_bpd" in p), coded))
-        stats["net_bpd"] = net_bits / sum(coded)
+    if streams:
+        coded = [(p["n_images"] - p["seed_images"]) * model.dims for p in streams]
+        stats["net_bpd"] = sum(p["net_bpd"] * c for p, c in zip(streams, coded)) / sum(coded)
     single = None
     if container == "auto":
         h_all = copy.deepcopy(h)

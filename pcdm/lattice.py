@@ -51,6 +51,22 @@ def octave_grid(o: int, K: int) -> tuple[float, float]:
     return 2.0 ** (1 - o) / K, 2.0**o * (1 / K - 1)
 
 
+def sum_residual(u: Tensor, s: Tensor, octave: int, K: int) -> Tensor:
+    """u − E[c | u] in model units for block sums of 4^octave pixels seen with noise s (one
+    per site: the pixels themselves at octave 0, a Haar LL band above)."""
+    step, offset = octave_grid(octave, K)
+    n = (u - offset) / step
+    return (n - grid_mean(n, s / step)) * step
+
+
+def haar_detail_residual(u: Tensor, s: Tensor, cond: Tensor, s_cond: Tensor, octave: int, K: int) -> Tensor:
+    """u − E[details | u, cond] in model units for the Haar details at ``octave``, whose parent
+    block sums are the conditioning ``cond`` (the LL band there) seen with noise s_cond."""
+    step, offset = octave_grid(octave, K)
+    n = u / step
+    return (n - haar_detail_mean((cond - offset) / step, s_cond / step, n, s / step)) * step
+
+
 def within_reach(mean, n: Tensor, tau: Tensor, *also: Tensor) -> Tensor:
     """``mean(n, τ, *also)`` on the rows of the batch n whose τ ≤ TAU_MAX (τ one value, or
     one per row broadcasting against n; ``also``: more per-row tensors); every other row is

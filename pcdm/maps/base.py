@@ -189,9 +189,7 @@ class Identity(HierarchicalMap):
     """S = 1: the single-scale VDM baseline."""
 
     def lattice_residual(self, k, u, s, cond, s_cond, K):
-        step, offset = lattice.octave_grid(0, K)  # the pixel grid
-        n = (u - offset) / step
-        return (n - lattice.grid_mean(n, s / step)) * step
+        return lattice.sum_residual(u, s, 0, K)  # the pixel grid
 
     def __init__(self, levels: int = 1):
         if levels != 1:

@@ -70,12 +70,10 @@ class Haar(HierarchicalMap):
     def lattice_residual(self, k, u, s, cond, s_cond, K):
         # Level 0 is the LL band: block sums, one per site. A detail level's three bands sit
         # on the coset that the parent sums (its conditioning, the LL at its octave) fix.
-        step, offset = lattice.octave_grid(self.lattice(k).z, K)
+        octave = self.lattice(k).z
         if k == 0:
-            n = (u - offset) / step
-            return (n - lattice.grid_mean(n, s / step)) * step
-        n = u / step
-        return (n - lattice.haar_detail_mean((cond - offset) / step, s_cond / step, n, s / step)) * step
+            return lattice.sum_residual(u, s, octave, K)
+        return lattice.haar_detail_residual(u, s, cond, s_cond, octave, K)
 
     def view_channels(self, chw, k):
         return 0 if k == 0 else 4 * chw[0]
