@@ -266,3 +266,19 @@ def test_orthonormal_coordinates_of_each_level(name, levels, options):
         torch.testing.assert_close(B.T @ B, projector_matrix(m, k, shape), atol=1e-12, rtol=0)
         v = m.project(k, rand((3, *shape), seed=k, dtype=torch.float64))
         torch.testing.assert_close(m.from_coords(k, m.to_coords(k, v), shape), v, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_lp_and_haar_levels_are_the_same_coordinates(levels):
+    """The exact LP and the Haar wavelet split pixel space into the same subspaces with the
+    same orthonormal coordinates: LP's coarse level is Haar's LL, and the codec coordinates
+    of each LP detail level are Haar's detail bands at that octave. So lp-pcdm and Haar
+    w-pcdm are one probabilistic model; they differ only in the networks' layout (a full-
+    resolution U-Net on the octave image against a half-resolution one on 3C bands)."""
+    lp, haar = build_map("lp", levels), build_map("haar", levels)
+    f = rand((2, 3, 16, 8), seed=levels, dtype=torch.float64)
+    for k, (a, b) in enumerate(zip(lp(f), haar(f))):
+        if k == 0:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        else:
+            torch.testing.assert_close(lp.to_coords(k, a), b.flatten(1), atol=1e-12, rtol=0)
