@@ -191,8 +191,8 @@ class PCDM(nn.Module):
         self.level_dims = self.map.dims(chw)
         if config.lattice_posterior and type(self.map).lattice_residual is HierarchicalMap.lattice_residual:
             raise ValueError(
-                f"lattice_posterior needs a map with a closed-form lattice posterior (vdm, w-pcdm "
-                f"with the Haar wavelet); {self.map.describe()} has none"
+                f"lattice_posterior needs a map with a closed-form lattice posterior (vdm, lp-pcdm, "
+                f"w-pcdm with the Haar wavelet); {self.map.describe()} has none"
             )
         self.nets = nn.ModuleList(
             UNet(

@@ -51,7 +51,7 @@ def add_train_parser(sub) -> None:
     p.add_argument(
         "--lattice-posterior",
         action="store_true",
-        help="add the closed-form flat-lattice posterior to each ε-network (vdm, w-pcdm with haar)",
+        help="add the closed-form flat-lattice posterior to each ε-network (vdm, lp-pcdm, w-pcdm with haar)",
     )
     p.add_argument(
         "--schedule", choices=["fixed", "learned", "monotone"], help="γ schedule (default learned)"

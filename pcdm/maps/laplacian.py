@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import HierarchicalMap, Lattice, check_divisible, octave_shapes
-from .haar import haar_analysis, haar_synthesis
+from .haar import Haar, haar_analysis, haar_synthesis
 
 
 def down(y: Tensor) -> Tensor:
@@ -79,6 +79,17 @@ class LaplacianPyramid(HierarchicalMap):
         if k == 0:
             return Lattice(z=o)
         return Lattice(z=o + 1, cond=o + 2, view=o)
+
+    def lattice_residual(self, k, u, s, cond, s_cond, K):
+        # The levels have Haar's coordinates (coarse = LL; a detail level's coordinates are
+        # the Haar bands of its octave, tests/test_maps.py), so Haar's posterior applies: on
+        # the bands of u, with the LL at that octave = D(cond) as the parent, and back.
+        haar = Haar(self.levels)
+        if k == 0:
+            return haar.lattice_residual(0, u, s, None, s_cond, K)
+        ll = down(cond)
+        r = haar.lattice_residual(k, haar_analysis(u)[1], s, ll, s_cond, K)
+        return haar_synthesis(ll.new_zeros(ll.shape), r)
 
     def view_channels(self, chw, k):
         return 0 if k == 0 else chw[0]
