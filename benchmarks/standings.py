@@ -30,7 +30,7 @@ import numpy as np
 
 from pcdm.checkpoint import load_run, saved_step, split_run
 from pcdm.data import load
-from pcdm.evaluate import per_image_bpd
+from pcdm.evaluate import per_image_bpd, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,16 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {}
     for name, path in runs.items():
-        total = per[name]["bpd"]
         row = {
             "run": str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
         }
-        row.update(
-            step=steps[name], bpd=float(total.mean()), bpd_se=float(total.std(ddof=1) / math.sqrt(len(total)))
-        )
-        row.update({k: float(v.mean()) for k, v in per[name].items() if k.startswith("bpd_")})
+        row["step"] = steps[name]
+        row.update({k: v for k, v in summarize(per[name]).items() if k.startswith("bpd")})  # ± and terms
         if name != ref:
-            row.update(paired(total, per[ref]["bpd"]))
+            row.update(paired(per[name]["bpd"], per[ref]["bpd"]))
         rows[name] = row
     report = {
         "data": data,
