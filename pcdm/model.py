@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import registry
+from . import edm, registry
 from .maps import HierarchicalMap, check_divisible
 from .schedules import alpha_sigma, build_schedule
 from .unet import UNet, fourier_features
@@ -52,6 +52,8 @@ class ModelConfig:
     schedule: str = "learned"  # fixed | learned | monotone
     gamma_min: float | None = None  # γ(0) at init; None: −13.3 + 2 ln(256/K), VDM's σ₀ per bin width
     gamma_max: float = 5.0  # γ(1) at initialisation
+    objective: str = "elbo"  # elbo (the bound, docs/math.md §3) | edm (EDM's weighting, docs/math.md §11)
+    sigma_data: tuple[float, ...] | None = None  # EDM: each level's data RMS, measured when a run starts
 
     def __post_init__(self):
         spec = registry.get(self.model)
@@ -77,6 +79,14 @@ class ModelConfig:
         if not 2 <= self.K <= 256:
             raise ValueError(f"K (number of pixel values) must be in 2..256, got {self.K}")
         check_divisible(self.image_shape, self.levels)
+        if self.objective not in ("elbo", "edm"):
+            raise ValueError(f"objective must be elbo or edm, got {self.objective!r}")
+        if self.sigma_data is not None:
+            self.sigma_data = tuple(float(v) for v in self.sigma_data)
+            if self.objective != "edm" or not all(v > 0 for v in self.sigma_data):
+                raise ValueError(f"sigma_data {self.sigma_data} needs objective edm and positive values")
+        if self.objective == "edm" and self.lattice_posterior:
+            raise ValueError("lattice_posterior applies to the elbo objective, not edm")
         self.build_map()  # refuse a bad map option (e.g. a non-orthogonal wavelet) here
 
     def build_map(self) -> HierarchicalMap:
@@ -91,6 +101,8 @@ class ModelConfig:
             del d["wavelet"]
         if not d["lattice_posterior"]:  # runs from before the option hash as before
             del d["lattice_posterior"]
+        if d["objective"] == "elbo":  # likewise for runs from before the EDM objective
+            del d["objective"], d["sigma_data"]
         return d
 
     @classmethod
@@ -208,6 +220,10 @@ class PCDM(nn.Module):
             )
             for k, shape in enumerate(self.level_shapes)
         )
+        if config.sigma_data is not None and len(config.sigma_data) != len(self.level_shapes):
+            raise ValueError(
+                f"sigma_data has {len(config.sigma_data)} values for {len(self.level_shapes)} levels"
+            )
 
     # --- data ---------------------------------------------------------------
     @property
@@ -252,6 +268,8 @@ class PCDM(nn.Module):
     def eps_hat(self, k: int, z: Tensor, gamma: Tensor, cond: Tensor | None) -> Tensor:
         """Πₖ ε̂_θᵏ(z_t, γ_t; cond): the noise prediction in level k's subspace; the network's
         alone, or added to the flat-lattice posterior's (``lattice_posterior``)."""
+        if self.config.objective == "edm":  # ε̂ = (x − D)/σ of EDM's denoiser (docs/math.md §11)
+            return self.map.project(k, edm.eps_hat(self, k, z, gamma, cond))
         eps = self.nets[k](z, gamma, cond, self.lattice_features(k, z, cond))
         if self.config.lattice_posterior:
             eps = eps + self.lattice_eps(k, z, gamma, cond)
@@ -431,7 +449,12 @@ class PCDM(nn.Module):
         noise: Noise | None = None,
         return_bound: bool = False,
     ):
-        """Training loss: the mean bound in bits per dimension (or the whole Bound)."""
+        """Training loss: the mean bound in bits per dimension (or the whole Bound); for an
+        EDM model, EDM's loss (not a bound, docs/math.md §11) unless the bound is asked for."""
+        if self.config.objective == "edm" and not return_bound:
+            if noise is None:
+                noise = Noise.draw(x.shape, len(self.level_shapes), device=x.device, dtype=self.dtype)
+            return edm.edm_loss(self, x, noise)
         bound = self.nelbo(x, steps, noise=noise)
         return bound if return_bound else to_bpd(bound.total, self.dims).mean()
 

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import dist
+from . import dist, edm
 from .checkpoint import (
     RunError,
     atomic_write,
@@ -153,12 +153,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     rank, world = dist.rank(), dist.world()
     torch.manual_seed(cfg.seed)
     data = load(cfg.data, "train", limit=cfg.limit)
-    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
+    images = to_nchw(data.images).contiguous()
+    if model_cfg.objective == "edm" and model_cfg.sigma_data is None and not resume:
+        # EDM's preconditioning needs each level's data RMS: measured once, stored in config.json
+        model_cfg.sigma_data = edm.measure_sigma_data(PCDM(model_cfg), images[:10000])
     model = PCDM(model_cfg).to(device)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2))
     if cfg.t_sampling not in ("uniform", "importance"):
         raise ValueError(f"--t-sampling must be uniform or importance, got {cfg.t_sampling!r}")
+    if cfg.t_sampling == "importance" and model_cfg.objective == "edm":
+        raise ValueError("--t-sampling importance applies to the elbo objective (edm draws σ log-normally)")
     sampler = TimeSampler(len(model.level_shapes)) if cfg.t_sampling == "importance" else None
     step = 0
     if resume:
@@ -233,7 +238,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
                 stats = new if stats is None else tuple(a + b for a, b in zip(stats, new))
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
-            for k, v in bound.bpd().items():
+            for k, v in (bound.bpd() if bound is not None else {}).items():  # an EDM loss is no bound
                 terms[k] = terms.get(k, 0.0) + float(v.detach().mean()) / cfg.accum
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         finite = dist.all_true(bool(torch.isfinite(total)) and bool(torch.isfinite(gnorm)), device)
@@ -265,7 +270,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             pace = elapsed / max(step - first_step, 1)
             bar.total = step + max(0, int((cfg.minutes * 60 - elapsed) / pace))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_val:.3f}", bpd=f"{running:.3f}")
+        bar.set_postfix({"loss": f"{loss_val:.3f}", ("bpd" if terms else "avg"): f"{running:.3f}"})
         last = {
             "step": step,
             "loss": loss_val,
@@ -307,6 +312,8 @@ def _loss(ddp, x, noise):
     """Forward through DDP's wrapper (so gradients are all-reduced) and return the
     mean-bpd loss and the bound."""
     core = ddp.module if isinstance(ddp, DistributedDataParallel) else ddp
+    if core.config.objective == "edm":  # EDM's weighted denoising loss (docs/math.md §11)
+        return ddp(x, noise=noise), None
     bound = ddp(x, noise=noise, return_bound=True)
     return to_bpd(bound.total, core.dims).mean(), bound
 
