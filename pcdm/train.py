@@ -153,7 +153,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     rank, world = dist.rank(), dist.world()
     torch.manual_seed(cfg.seed)
     data = load(cfg.data, "train", limit=cfg.limit)
-    images = to_nchw(data.images).contiguous()
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
     if model_cfg.objective == "edm" and model_cfg.sigma_data is None and not resume:
         # EDM's preconditioning needs each level's data RMS: measured once, stored in config.json
         model_cfg.sigma_data = edm.measure_sigma_data(PCDM(model_cfg), images[:10000])
