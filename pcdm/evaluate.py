@@ -1,4 +1,5 @@
-"""Batched evaluation of the bound: per-image bpd by term, and means with standard errors."""
+"""Evaluation of the bound: per-image bpd by term, means with standard errors, and a trained
+run on a data set (what ``pcdm eval`` prints)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_run
+from .classical import reference_bpd
+from .data import ImageSet, has_own_splits, load, resolve_spec, to_nchw
 from .model import PCDM, to_bpd
+from .stats import standard_error
 
 # γ bands of the diffusion-term diagnostics: where along the noise scale the bits are paid.
 GAMMA_BANDS = ((-math.inf, -10.0, "gamma<-10"), (-10.0, -5.0, "-10<=gamma<-5"), (-5.0, 0.0, "-5<=gamma<0"))
@@ -26,16 +31,6 @@ def band_terms(bound, dims: int) -> dict[str, torch.Tensor]:
             inside = (gamma_t[:, s] >= lo) & (gamma_t[:, s] < hi)
             out[f"band:{s + 1}:{label}"] = to_bpd(diff[:, s] * inside, dims)
     return out
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) on disk → (N, C, H, W) for the model."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-
-
-def to_images(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) → uint8 (N, H, W, C)."""
-    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
 
 
 @torch.no_grad()
@@ -56,7 +51,7 @@ def per_image_bpd(
     out: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=len(images), desc=desc, disable=not progress, unit="img", leave=False)
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size]).to(device)
+        x = to_nchw(images[start : start + batch_size]).to(device)
         acc: dict[str, torch.Tensor] = {}
         for _ in range(n_t):
             bound = model.nelbo(x, steps=steps)
@@ -81,6 +76,59 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, float]:
     if bands:
         out["diffusion_bands"] = bands
     total = per_image["bpd"]
-    out["bpd_se"] = float(total.std(ddof=1) / math.sqrt(len(total))) if len(total) > 1 else float("nan")
+    out["bpd_se"] = standard_error(total)
     out["n_images"] = int(len(total))
+    return out
+
+
+def check_matches(model, data: ImageSet) -> None:
+    """The data must have the model's shape and K: say which, clearly."""
+    want = tuple(model.config.image_shape)
+    if tuple(data.shape_chw) != want:
+        raise ValueError(
+            f"{data.name} has images of shape (C,H,W) = {data.shape_chw}, the model expects {want}"
+        )
+    if data.K > model.config.K:
+        raise ValueError(
+            f"{data.name} has K = {data.K} pixel values, the model was trained for K = {model.config.K}"
+        )
+
+
+def evaluate_run(
+    run,
+    data_spec=None,
+    split=None,
+    limit=None,
+    n_t=1,
+    steps=None,
+    batch=128,
+    ema=True,
+    progress=True,
+    device="cpu",
+    compare_codecs=False,
+) -> dict:
+    """The bound of a run on data (with ``compare_codecs``, PNG and JPEG-XL lossless on the
+    same images when that is cheap: ``classical.reference_bpd``). Default split: the run's
+    own data → its held-out test split; a named dataset → its test split; any other folder
+    or array → all of it."""
+    model, cfg = load_run(run, ema=ema, device=device)
+    own = cfg["data"]["spec"]
+    spec = data_spec or own
+    if split is None:
+        if data_spec is None or resolve_spec(data_spec) == resolve_spec(own):
+            split, why = "test", "held-out part of the run's training data"
+        elif has_own_splits(spec):
+            split, why = "test", "the dataset's test split"
+        else:
+            split, why = "all", "not the run's training data: every image"
+    else:
+        why = "--split"
+    data = load(spec, split, limit=limit)
+    check_matches(model, data)
+    per_image = per_image_bpd(model, data.images, n_t=n_t, steps=steps, batch_size=batch, progress=progress)
+    out = summarize(per_image)
+    out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
+    out.update(model=model.config.model)
+    if compare_codecs and (reference := reference_bpd(data.images)):
+        out["classical_bpd"] = reference
     return out

@@ -1,4 +1,4 @@
-"""Closed-form lattice posteriors (SPEC §4): where a noisy coefficient's clean value must lie.
+"""Closed-form lattice posteriors (docs/math.md §4): where a noisy coefficient's clean value must lie.
 
 Every exact map's coefficients are integers in disguise. At octave o a quantity is
 ``u_o · n + offset`` with n an integer block sum of 4^o pixels, u_o = 2^{1−o}/K the grid

@@ -1,4 +1,4 @@
-"""The cascaded diffusion model and its likelihood bound: SPEC §1, §3 and §5 in one place.
+"""The cascaded diffusion model and its likelihood bound: docs/math.md §1, §3 and §5 in one place.
 
 A model is a hierarchical map h (maps/), one γ schedule shared by all levels
 (schedules.py) and one ε-network per level (unet.py). ``PCDM.nelbo`` returns the negative
@@ -47,7 +47,7 @@ class ModelConfig:
     attention: bool = True  # middle attention block
     dropout: float = 0.0
     fourier: tuple[int, int] | str | None = "auto"  # Fourier exponents n (pixel grid), "auto", None
-    lattice_features: bool = True  # Fourier features of the conditioning and octave view (SPEC §4)
+    lattice_features: bool = True  # Fourier features of the conditioning and octave view (docs/math.md §4)
     lattice_posterior: bool = False  # ε̂ = the flat-lattice posterior's ε + the network (pcdm.lattice)
     schedule: str = "learned"  # fixed | learned | monotone
     gamma_min: float | None = None  # γ(0) at init; None: −13.3 + 2 ln(256/K), VDM's σ₀ per bin width
@@ -107,9 +107,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """The config saved in a run. Runs from before lattice features had none; runs
-        from before ``wavelet`` were Haar (``__post_init__`` fills it in)."""
-        return cls(**{"lattice_features": False, **d})
+        """The config saved in a run. Every config written now holds every field; a key
+        missing from an older run's config means what that run was trained with, which is
+        not always today's default (``LEGACY``). Runs from before ``wavelet`` were Haar
+        (``__post_init__`` fills it in)."""
+        return cls(**{**LEGACY, **d})
+
+
+# What a field missing from an old run's config.json meant: runs from before lattice
+# features (docs/math.md §4) had none, although new models have them by default.
+LEGACY = {"lattice_features": False}
 
 
 @dataclass
@@ -285,7 +292,7 @@ class PCDM(nn.Module):
         c = None if cond is None else cond / alpha_0
         return self.map.lattice_residual(k, u, s, c, sigma_0 / alpha_0, self.config.K) / s
 
-    # --- lattice awareness (SPEC §4) -----------------------------------------
+    # --- lattice awareness (docs/math.md §4) -----------------------------------------
     def _exponents(self, octave: int, coarser: int = 0) -> tuple[int, int]:
         """Fourier exponents n for values on the grid (2/K)/2^octave: periods from 2^coarser
         grid steps (coarser = 2 reads a sum mod 4) down to half a grid step."""
@@ -406,7 +413,7 @@ class PCDM(nn.Module):
             weight = steps * torch.expm1(gamma_t - gamma_s)
         alpha_t, sigma_t = (v.view(-1, 1, 1, 1) for v in alpha_sigma(gamma_t))
         z_t = alpha_t * c + sigma_t * eps
-        eps_hat = self.map.project(k, denoiser(k, z_t, gamma_t, cond))  # Πₖ ε̂ (SPEC §3)
+        eps_hat = self.map.project(k, denoiser(k, z_t, gamma_t, cond))  # Πₖ ε̂ (docs/math.md §3)
         if w is not None:
             weight = weight * w
         return 0.5 * weight * (eps - eps_hat).flatten(1).pow(2).sum(1)
@@ -419,7 +426,7 @@ class PCDM(nn.Module):
         denoiser: Denoiser | None = None,
         noise: Noise | None = None,
     ) -> Bound:
-        """−ELBO of each image in nats with its parts (SPEC §3). ``steps`` = T for the
+        """−ELBO of each image in nats with its parts (docs/math.md §3). ``steps`` = T for the
         discrete-time bound (what the codec achieves), None for continuous time;
         ``noise`` fixes the random draws (default: fresh from the global generator)."""
         self.check_input(x)
@@ -458,7 +465,7 @@ class PCDM(nn.Module):
         bound = self.nelbo(x, steps, noise=noise)
         return bound if return_bound else to_bpd(bound.total, self.dims).mean()
 
-    # --- generation (SPEC §5) ------------------------------------------------
+    # --- generation (docs/math.md §5) ------------------------------------------------
     def reverse_step(
         self, k: int, z_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -524,7 +531,7 @@ class PCDM(nn.Module):
 class ContinuousLevels:
     """An exact continuous map (vdm, w-pcdm, lp-pcdm): the levels are one image at S
     scales, with continuous latents, one pixel decoder p(x | z₀) for z₀ = hᵀ(z₀¹ … z₀ˢ),
-    and level s conditioned on the coarser t = 0 latents z₀^{<s} (SPEC §3)."""
+    and level s conditioned on the coarser t = 0 latents z₀^{<s} (docs/math.md §3)."""
 
     def nelbo(self, model: PCDM, x, steps, denoiser, noise, gamma_0, gamma_1) -> Bound:
         """The joint over levels is the likelihood of x (paper Lemma 4.1): no Jacobian."""

@@ -1,4 +1,4 @@
-"""Noise schedules γ(t), t ∈ [0, 1], increasing (SPEC §3, VDM).
+"""Noise schedules γ(t), t ∈ [0, 1], increasing (docs/math.md §3, VDM).
 
 α_t² = sigmoid(−γ(t)), σ_t² = sigmoid(γ(t)). Every schedule returns γ and, for the
 continuous-time diffusion loss, its slope γ'(t).

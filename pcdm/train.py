@@ -37,15 +37,15 @@ from .checkpoint import (
     save_checkpoint,
     write_json,
 )
-from .commands import save_grid
-from .data import load
+from .data import load, to_nchw
 from .model import PCDM, ModelConfig, Noise, count_parameters, to_bpd
+from .sample import save_grid
 from .timesampling import TimeSampler
 
 
 @dataclass
 class TrainConfig:
-    data: str = "fashion-mnist"  # DATA spec (SPEC §8)
+    data: str = "fashion-mnist"  # DATA spec (docs/math.md §9)
     steps: int | None = None  # stop after this many optimiser steps …
     minutes: float | None = None  # … or after this much wall-clock time
     batch: int = 32  # per-rank micro-batch
@@ -107,7 +107,7 @@ def ema_with_warmup(decay: float):
 
 def param_groups(model: PCDM, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on the networks' weight matrices and kernels only. The
-    schedule's parameters are never decayed (decay drags γ(0) up every step, SPEC §3), nor
+    schedule's parameters are never decayed (decay drags γ(0) up every step, docs/math.md §3), nor
     are biases and normalisation gains (1-D tensors), as is usual for transformers/U-Nets."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -127,9 +127,6 @@ def gamma_ends(model: PCDM) -> dict[str, float]:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-
-
-# --- checkpoints ---------------------------------------------------------------------
 
 
 # --- the loop ------------------------------------------------------------------------
@@ -153,7 +150,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     rank, world = dist.rank(), dist.world()
     torch.manual_seed(cfg.seed)
     data = load(cfg.data, "train", limit=cfg.limit)
-    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
+    images = to_nchw(data.images).contiguous()
     if model_cfg.objective == "edm" and model_cfg.sigma_data is None and not resume:
         # EDM's preconditioning needs each level's data RMS: measured once, stored in config.json
         model_cfg.sigma_data = edm.measure_sigma_data(PCDM(model_cfg), images[:10000])

@@ -1,4 +1,4 @@
-"""ε-networks (SPEC §4): VDM's no-downsampling U-Net, optionally conditional.
+"""ε-networks (docs/math.md §4): VDM's no-downsampling U-Net, optionally conditional.
 
 The network takes (z_t, γ_t, cond) and knows nothing of losses. Ingredients from VDM:
 Fourier features of the input, an embedding of γ, ResNet blocks with skip connections
@@ -92,7 +92,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         fourier: tuple[int, int] | None = (6, 8),  # exponents n of the Fourier features
         gamma_range: tuple[float, float] = (-13.3, 5.0),  # for the γ embedding only
-        extra_channels: int = 0,  # precomputed input features (lattice features, SPEC §4)
+        extra_channels: int = 0,  # precomputed input features (lattice features, docs/math.md §4)
     ):
         super().__init__()
         self.channels, self.cond_channels, self.width = channels, cond_channels, width

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_benchmark
 
-from pcdm.baselines import available_codecs
+from pcdm.classical import available_codecs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("vdm", "c-vdm", "lp-pcdm", "w-pcdm", "lift-pcdm")

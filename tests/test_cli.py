@@ -56,7 +56,7 @@ def test_train_writes_a_complete_run(run):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [5, 10, 15, 20, 25, 30]
     assert all(np.isfinite(m["loss"]) for m in lines)
-    # γ(0) and γ(1) of the schedule are logged (SPEC §3: where σ₀ goes matters)
+    # γ(0) and γ(1) of the schedule are logged (docs/math.md §3: where σ₀ goes matters)
     assert all(m["gamma_0"] < m["gamma_1"] and np.isfinite(m["gamma_0"]) for m in lines)
     grid = sorted((run / "samples").glob("*.png"))
     assert grid and Image.open(grid[-1]).size[0] > 28

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcdm import baselines, codec, codec_cli, data
+from pcdm import classical, codec, data
 from pcdm.checkpoint import save_tensors, write_json
 from pcdm.cli import main
 from pcdm.codec import container
@@ -46,7 +46,7 @@ def npy_header(images: np.ndarray) -> codec.Header:
 
 def compress(model, images, container="auto", steps=2):
     h = npy_header(images)
-    return codec_cli.compress(model, images, h, steps, 4, progress=False, container=container)
+    return codec.compress(model, images, h, steps, 4, progress=False, container=container)
 
 
 def save_run(path, model: PCDM):
@@ -76,7 +76,7 @@ def forge_payload(blob: bytes, pos: int, xor: int) -> bytes:
 
 
 def test_auto_is_the_smaller_and_within_the_classical_guarantee(model, images, tmp_path, capsys):
-    files = {c: compress(model, images, c) for c in codec_cli.CONTAINERS}
+    files = {c: compress(model, images, c) for c in codec.CONTAINERS}
     auto, stats = files["auto"]
     assert stats["bytes"] == len(auto) == min(stats["bits_back_bytes"], stats["classical_bytes"])
     assert len(files["bits-back"][0]) == stats["bits_back_bytes"]
@@ -84,10 +84,10 @@ def test_auto_is_the_smaller_and_within_the_classical_guarantee(model, images, t
     assert len(files["classical"][0]) == stats["classical_bytes"]
     # The guarantee: ≤ Σ min(JPEG-XL, PNG) files + 3 bytes per image + header + padding + metadata.
     meta = len(container._meta_bytes(npy_header(images)))
-    best = sum(min(len(baselines.encode(x, c)) for c in codec.classical_codecs()) for x in images)
+    best = sum(min(len(classical.encode(x, c)) for c in codec.classical_codecs()) for x in images)
     assert stats["bytes"] <= stats["classical_bytes"] <= best + 3 * len(images) + codec.HEADER_SIZE + 8 + meta
     for blob, st in files.values():
-        h, back = codec_cli.decompress(model, blob)
+        h, back = codec.decompress(model, blob)
         assert np.array_equal(back, images) and h.classical == (st["container"] == "classical")
     # --json says which container and both sizes.
     src, out = tmp_path / "x.npy", tmp_path / "x.pcdm"
@@ -102,13 +102,13 @@ def test_auto_is_the_smaller_and_within_the_classical_guarantee(model, images, t
 def test_one_image_is_stored_classically_and_needs_no_model(model, images, tmp_path):
     blob, stats = compress(model, images[:1])
     assert stats["container"] == "classical" and "bits_back_bytes" not in stats
-    h, back = codec_cli.decompress(tiny(seed=1), blob)  # another model's weights: not needed
+    h, back = codec.decompress(tiny(seed=1), blob)  # another model's weights: not needed
     assert h.classical and np.array_equal(back, images[:1])
     (tmp_path / "one.pcdm").write_bytes(blob)  # through the CLI, with another run folder
     other = save_run(tmp_path / "other", tiny(seed=1))
     assert main(["decompress", str(other), str(tmp_path / "one.pcdm"), "-o", str(tmp_path / "o.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "o.npy"), images[:1])
-    _, preview = codec_cli.decompress(model, blob, preview_level=1)
+    _, preview = codec.decompress(model, blob, preview_level=1)
     assert preview.shape == (1, 14, 14, 1)
 
 
@@ -128,7 +128,7 @@ def test_seed_replaces_the_initial_bits(model, images):
     records = b"".join(codec.classical_record(x) for x in images[:m])
     assert np.array_equal(seed, codec.seed_words(records))
     assert np.array_equal(codec.decode_records(codec.seed_bytes(seed), m, 28, 28, 1), images[:m])
-    _, preview = codec_cli.decompress(model, blob, preview_level=1)  # seeded: decoded in full
+    _, preview = codec.decompress(model, blob, preview_level=1)  # seeded: decoded in full
     assert preview.shape == (len(images), 14, 14, 1)
 
 
@@ -179,7 +179,7 @@ def test_forged_container_fields_fail_cleanly(model, images, container):
         if bad == blob:
             continue
         try:
-            _, back = codec_cli.decompress(model, bad)
+            _, back = codec.decompress(model, bad)
         except ValueError as err:  # CodecError is a ValueError
             assert "\n" not in str(err), what
             continue

@@ -12,7 +12,7 @@ import torch
 
 from pcdm import codec, data
 from pcdm.checkpoint import fingerprint
-from pcdm.evaluate import to_tensor
+from pcdm.data import to_nchw
 from pcdm.lattice import TAU_MAX, grid_mean, haar_detail_mean
 from pcdm.model import PCDM, ModelConfig, Noise
 from pcdm.schedules import alpha_sigma
@@ -74,7 +74,7 @@ def test_lattice_eps_is_the_true_noise_near_t0(model_name, levels):
     """Real images, tiny noise on every level (γ ≈ −20: τ ≈ 0.006 lattice steps): the flat
     lattice posterior recovers each level's clean coefficients, so its ε is the true ε."""
     model = PCDM(_config(model_name, levels=levels, schedule="fixed", gamma_min=-20.0)).double()
-    x = to_tensor(data.load("fashion-mnist", split="test", limit=8).images)
+    x = to_nchw(data.load("fashion-mnist", split="test", limit=8).images)
     f = model.pixels_to_f(x)
     alpha_0, sigma_0 = alpha_sigma(model.schedule(torch.zeros((), dtype=torch.float64)))
     conds = model.map(alpha_0 * f + sigma_0 * torch.randn_like(f))
@@ -104,9 +104,9 @@ def test_option_round_trips_and_leaves_old_fingerprints_alone():
         # The option changes the model (ε̂), so the bound: not a no-op.
         torch.manual_seed(0)
         noise = Noise.draw((6, 1, 28, 28), len(model.level_shapes))
-        on = model.nelbo(to_tensor(images), noise=noise).total
+        on = model.nelbo(to_nchw(images), noise=noise).total
         model.config.lattice_posterior = False
-        off = model.nelbo(to_tensor(images), noise=noise).total
+        off = model.nelbo(to_nchw(images), noise=noise).total
         assert not torch.allclose(on, off)
     # Off (the default) is not written into the config, so runs from before hash as before.
     plain = PCDM(ModelConfig(model="w-pcdm", width=8, depth=1, attention=False))

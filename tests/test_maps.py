@@ -1,4 +1,4 @@
-"""Hierarchical maps (SPEC §2): Haar against PyWavelets, the exact Laplacian pyramid as a
+"""Hierarchical maps (docs/math.md §2): Haar against PyWavelets, the exact Laplacian pyramid as a
 tight frame checked through its full matrix, the cascade, errors and conditioning."""
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def test_condition_shapes_and_content(name, levels):
 
 
 def test_paper_shapes():
-    """SPEC §2: haar S = 2 on 32×32×3 gives [16×16×3, 16×16×9]."""
+    """docs/math.md §2: haar S = 2 on 32×32×3 gives [16×16×3, 16×16×9]."""
     assert build_map("haar", 2).level_shapes((3, 32, 32)) == [(3, 16, 16), (9, 16, 16)]
     assert build_map("lp", 2).level_shapes((3, 32, 32)) == [(3, 16, 16), (3, 32, 32)]
     assert build_map("lp", 2).dims((3, 32, 32)) == [768, 2304]

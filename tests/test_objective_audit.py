@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from conftest import load_benchmark
 
 from pcdm.checkpoint import load_run, save_tensors, write_json
-from pcdm.data import load
-from pcdm.evaluate import to_tensor
+from pcdm.data import load, to_nchw
 from pcdm.model import PCDM, ModelConfig, Noise, to_bpd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +74,7 @@ def test_bpd_is_the_bound_on_the_same_draws(audit, run, images, capsys):
     totals, priors, recons = [], [], []
     with torch.no_grad():
         for start in (0, 4):
-            x = to_tensor(images[start : start + 4])
+            x = to_nchw(images[start : start + 4])
             bound = model.nelbo(x, noise=Noise.draw(x.shape, 2, generator=g, dtype=model.dtype))
             totals.append(to_bpd(bound.total, model.dims))
             priors.append(to_bpd(bound.prior, model.dims))
@@ -113,7 +112,7 @@ def test_level1_terms_differ_by_the_missing_noise_variance(audit, images, levels
     """Block-mean coordinates u = c¹/m, m = 2^(S−1): the noise there has variance 1/m², the
     ELBO weights the squared error by m², the public code does not, so its term is ours / m²."""
     model = _model(levels=levels).double()
-    x = to_tensor(images)
+    x = to_nchw(images)
     f = model.pixels_to_f(x)
     m = 2 ** (levels - 1)
     # The premise of the derivation: the orthonormal LL band is m × the pixel block mean.

@@ -1,4 +1,4 @@
-"""OOD detection (SPEC §6): the typicality statistic, the scale-aware scores on a model
+"""OOD detection (docs/math.md §8): the typicality statistic, the scale-aware scores on a model
 whose right answer is known, AUROC against the pairwise definition, built-in OOD sets,
 adaptation of foreign data, the reference cache, that nothing is fitted on OOD images, and
 the ``pcdm ood`` command end to end."""

@@ -1,4 +1,4 @@
-"""W-PCDM with any orthogonal PyWavelets wavelet (SPEC §2 "wavelet NAME"): the torch
+"""W-PCDM with any orthogonal PyWavelets wavelet (docs/math.md §2 "wavelet NAME"): the torch
 transform against ``pywt.wavedec2(mode='periodization')``, exact orthonormality from the
 Jacobian, refusals of wavelets whose likelihood would not be exact, and the wavelet in the
 run's config (and so in the codec fingerprint, which hashes it)."""

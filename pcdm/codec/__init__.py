@@ -1,4 +1,4 @@
-"""Lossless compression with bits-back ANS over the T-step model (SPEC §7).
+"""Lossless compression with bits-back ANS over the T-step model (docs/math.md §6).
 
 Coding order (Bit-Swap recursion), for one batch of B images coded side by side in B
 *lanes* that share one ANS stack (``constriction.stream.stack.AnsCoder``):
@@ -67,7 +67,7 @@ need one pop's worth of initial bits per lane; the default *lane ramp* (``batch_
 grows the batches from one lane as the stream grows and needs about one lane's worth in all
 (measured: 600 kbit → 9.5 kbit for 300 Fashion-MNIST images at 64 lanes, same speed).
 
-Container: ``codec_cli.compress`` builds both the all-classical file (m = N: no stream, no
+Container: ``codec.api.compress`` builds both the all-classical file (m = N: no stream, no
 model needed to decode) and the seeded bits-back file, and keeps the smaller (FLAG_CLASSICAL
 says which), so a file is never larger than the images' best JPEG-XL/PNG files + ≤ 3 bytes
 each (codec id, LEB128 length, below 16 KiB per file) + 104 header bytes + ≤ 8 padding bytes
@@ -98,7 +98,7 @@ File format (all integers little-endian)::
                  kind 1: N × (u16 length + UTF-8 relative name), in coding order
     …      4·payload_words  ANS words (uint32 LE), as ``AnsCoder.get_compressed()``: the
                  reservoir words kmin … n_init − 1, then the seed (m classical records:
-                 codec id u8 = index into ``baselines.CODECS``, LEB128 length, file; zero
+                 codec id u8 = index into ``classical.CODECS``, LEB128 length, file; zero
                  padding and a last byte p = padding bytes, 1..8), then the stream
 
 Every header field is bounds-checked before anything is allocated; the file length must
@@ -156,4 +156,10 @@ __all__ = [
     "classical_record", "clean_previews", "decode_records", "decode_stream", "encode_images",
     "make_grid", "pack", "pixel_crc", "pop_p", "pop_q", "push_p", "push_q", "reservoir",
     "seed_bytes", "seed_count", "seed_need_bits", "seed_words", "split_parts", "unpack",
+    "CONTAINERS", "DEFAULT_LANES", "DEFAULT_STEPS", "compress", "compress_parts", "decompress",
+    "read_input", "write_output",
 ]  # fmt: skip
+
+# The library API over files and processes (imported last: it uses the names above).
+from .api import CONTAINERS, DEFAULT_LANES, DEFAULT_STEPS, compress, compress_parts, decompress  # noqa: E402
+from .files import read_input, write_output  # noqa: E402

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data import to_nchw
 from ..model import PCDM
 from .ans import (
     GRID_BITS,
@@ -306,7 +307,7 @@ def encode_images(
     the decoder gets them back once the chain is undone. Pops beyond the seed draw on the
     reservoir below it (counted in ``initial_bits``)."""
     model.eval()
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x_all = to_nchw(images)
     model.check_input(x_all)
     _check_params(steps, lanes)
     seed = np.zeros(0, dtype=np.uint32) if seed is None else np.asarray(seed, dtype=np.uint32)

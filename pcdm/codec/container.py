@@ -13,7 +13,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from .. import baselines
+from .. import classical
+from ..data import to_nchw
 from ..model import PCDM
 from .ans import (
     GRID_BITS,
@@ -42,12 +43,12 @@ FLAG_CLASSICAL = 2  # every image stored classically (no bits-back stream)
 FLAG_CONTINUED = 4  # another part follows (a file coded in parallel parts, ``split_parts``)
 MAX_PARTS = 4096
 CLASSICAL_CODECS = ("jpegxl", "png")  # tried for every image; the smallest file is kept
-CODEC_IDS = baselines.CODECS  # a record's first byte indexes this tuple
+CODEC_IDS = classical.CODECS  # a record's first byte indexes this tuple
 SEED_MARGIN = 1.25  # whitening reads 1.25 × a pop's expected bits ahead (+ 64)
 
 
 def classical_codecs() -> list[str]:
-    names = [c for c in CLASSICAL_CODECS if c in baselines.available_codecs()]
+    names = [c for c in CLASSICAL_CODECS if c in classical.available_codecs()]
     if not names:
         raise CodecError("no classical lossless codec is available (Pillow's PNG is needed)")
     return names
@@ -64,11 +65,11 @@ def _leb128(n: int) -> bytes:
 
 def classical_record(image: np.ndarray) -> bytes:
     """One uint8 image (H, W, C) as the smallest of its CLASSICAL_CODECS files, framed as
-    codec id (1 byte, index into ``baselines.CODECS``), file length (LEB128), file bytes;
+    codec id (1 byte, index into ``classical.CODECS``), file length (LEB128), file bytes;
     the file is decoded and checked bit-exact here, so the container always decodes."""
     best = None
     for name in classical_codecs():
-        data = baselines.encode(image, name)
+        data = classical.encode(image, name)
         if best is None or len(data) < len(best[1]):
             best = (name, data)
     name, data = best
@@ -173,7 +174,7 @@ def seed_count(record_sizes: Sequence[int], need_bits: float) -> int:
 def clean_previews(model: PCDM, images: np.ndarray, level: int) -> np.ndarray:
     """Previews of level ``level`` (0-based) made from known images (the classically stored
     ones): the same resolution and kind as the progressive decoder's, from clean levels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).long()
+    x = to_nchw(images).long()
     with _single_thread():
         if model.map.discrete:
             xs = model.map(x)[: level + 1]

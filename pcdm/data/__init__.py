@@ -1,4 +1,4 @@
-"""Real image data in standard file formats, as uint8 arrays (SPEC §1, §8).
+"""Real image data in standard file formats, as uint8 arrays (docs/math.md §1, §8).
 
 Everything the models see comes through :func:`load`, which returns an :class:`ImageSet`:
 uint8 images laid out ``(N, H, W, C)`` with C ∈ {1, 3} and the number of pixel values K.
@@ -31,7 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import DataError, ImageSet, _check_limit, _check_split, as_images, data_root, split_bounds
+from .core import (
+    DataError,
+    ImageSet,
+    _check_limit,
+    _check_split,
+    as_images,
+    data_root,
+    split_bounds,
+    to_nchw,
+    to_nhwc,
+)
 from .files import _load_array_file, _load_folder, image_array, read_image_folder
 from .formats import _idx_loader, _imagenet_loader, _load_cifar10, _load_svhn, read_cifar_batch, read_idx
 from .packaged import _load_digits, _load_skimage32, skimage_patches
@@ -111,4 +121,6 @@ __all__ = [
     "read_image_folder",
     "skimage_patches",
     "split_bounds",
+    "to_nchw",
+    "to_nhwc",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -142,3 +143,13 @@ def _standard_split(
             "shape; load the splits separately"
         )
     return np.concatenate([train, test])
+
+
+def to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 images as stored, (N, H, W, C), → the model's layout (N, C, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def to_nhwc(x: torch.Tensor) -> np.ndarray:
+    """The model's (N, C, H, W) integer images → uint8 (N, H, W, C) as stored."""
+    return x.detach().cpu().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -1,4 +1,4 @@
-"""Hierarchical maps h: f ↦ (c¹ … cˢ), coarse first (SPEC §2), one module per map.
+"""Hierarchical maps h: f ↦ (c¹ … cˢ), coarse first (docs/math.md §2), one module per map.
 
   base        what a map declares (:class:`HierarchicalMap`), shared octave helpers, identity
   haar        the orthonormal Haar wavelet (W-PCDM's default)

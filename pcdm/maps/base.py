@@ -1,4 +1,4 @@
-"""What a hierarchical map is (SPEC §2): the one extension point of pcdm.
+"""What a hierarchical map is (docs/math.md §2): the one extension point of pcdm.
 
 A map h: f ↦ (c¹ … cˢ) is linear, works on batches ``(N, C, H, W)`` and returns S levels,
 coarse first. Levels are indexed from 0 in code (level 1 of the paper is ``k = 0``). A map
@@ -12,7 +12,7 @@ class declares everything the model, the networks, the sampler and the codec nee
                 codes, exactly nₖ numbers per image);
   * networks    ``condition(cs, k)`` the image rebuilt from the coarser levels at level k's
                 size, ``condition_channels``; ``view(k, z, cond)`` the octave view and
-                ``view_channels``; ``lattice(k)`` which value lattices they sit on (SPEC §4);
+                ``view_channels``; ``lattice(k)`` which value lattices they sit on (docs/math.md §4);
   * the bound   ``exact``: −ELBO bounds −log P(x) with equality for the optimal model;
                 ``discrete``: every level is a discrete image with its own decoder (then
                 also ``value_range``, ``noise_levels``, ``octave_image``);
@@ -34,7 +34,7 @@ from .. import lattice
 
 
 def check_divisible(shape: tuple[int, ...], levels: int) -> None:
-    """S levels need H and W divisible by 2^(S−1) (SPEC §2)."""
+    """S levels need H and W divisible by 2^(S−1) (docs/math.md §2)."""
     h, w = shape[-2:]
     m = 2 ** (levels - 1)
     if h % m or w % m:
@@ -129,7 +129,7 @@ class HierarchicalMap:
 
     def adjoint(self, cs: list[Tensor]) -> Tensor:
         """hᵀ. For the exact continuous maps hᵀh = I, so the left inverse is the adjoint
-        (the pixel-space z₀ = hᵀ(z₀¹ … z₀ˢ) of SPEC §3); a map where they differ overrides."""
+        (the pixel-space z₀ = hᵀ(z₀¹ … z₀ˢ) of docs/math.md §3); a map where they differ overrides."""
         return self.reconstruct(cs)
 
     def __call__(self, f: Tensor) -> list[Tensor]:
@@ -148,7 +148,7 @@ class HierarchicalMap:
         """Inverse of :meth:`to_coords`; ``shape`` is level k's (C, H, W)."""
         return u.reshape(u.shape[0], *shape)
 
-    # --- what the networks see (SPEC §4) -------------------------------------
+    # --- what the networks see (docs/math.md §4) -------------------------------------
     def condition(self, cs: list[Tensor], k: int) -> Tensor | None:
         """Image rebuilt from levels < k, at level k's spatial size (None for k = 0)."""
         return None

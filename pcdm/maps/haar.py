@@ -1,4 +1,4 @@
-"""The orthonormal Haar wavelet (SPEC §2): W-PCDM's default map."""
+"""The orthonormal Haar wavelet (docs/math.md §2): W-PCDM's default map."""
 
 from __future__ import annotations
 

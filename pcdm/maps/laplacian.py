@@ -1,4 +1,4 @@
-"""The exact Laplacian pyramid as a tight frame (SPEC §2): LP-PCDM's map."""
+"""The exact Laplacian pyramid as a tight frame (docs/math.md §2): LP-PCDM's map."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Any orthogonal wavelet of PyWavelets, periodized: an orthonormal map on H×W (SPEC §2).
+"""Any orthogonal wavelet of PyWavelets, periodized: an orthonormal map on H×W (docs/math.md §2).
 
 PyWavelets supplies only the filter coefficients; the transform is here, in torch. One
 analysis step along an axis of even length n keeps every other output of the circular
@@ -77,7 +77,7 @@ def analysis_matrix(filt: tuple[float, ...], n: int, dtype, device) -> Tensor:
 class Wavelet(HierarchicalMap):
     """Orthonormal periodized wavelet transform with any orthogonal PyWavelets filter.
 
-    Lattice features (SPEC §4) are Haar's argument and only part of it carries over: a
+    Lattice features (docs/math.md §4) are Haar's argument and only part of it carries over: a
     longer filter mixes many pixels with irrational weights, so neither the coefficients nor
     the conditioning image (the approximation at level k's size) sit on a lattice. The
     octave view — one synthesis step of (cond, z), then space-to-depth — still rebuilds the

@@ -1,9 +1,9 @@
-"""Out-of-distribution detection (SPEC §6, paper §6.2), in four small modules:
+"""Out-of-distribution detection (docs/math.md §8, paper §6.2), in four small modules:
 
 sets        OOD sets that need no download, and adaptation of foreign data
 scores      the scores of one image from its per-level bits and complexity; AUROC
 experiment  which images play which part, one evaluation pass, the cached reference
-report      the ``pcdm ood`` command, its table and ROC plot
+report      the table and ROC plot (the ``pcdm ood`` command is pcdm/cli/ood.py)
 """
 
 from .experiment import (
@@ -18,7 +18,7 @@ from .experiment import (
     split_test,
     weights_path,
 )
-from .report import add_ood_parser, cmd_ood, format_table, plot_roc
+from .report import format_table, plot_roc
 from .scores import Reference, auroc, equal_counts, raw_scores, roc_curve, score_names, scores, typicality
 from .sets import (
     BUILTIN,
@@ -35,7 +35,7 @@ from .sets import (
 
 __all__ = [
     "BUILTIN", "CACHE_FILE", "ROC_FILE", "TRANSFORMS", "OODResult", "Reference", "adapt_images",
-    "add_ood_parser", "auroc", "cached_reference", "cmd_ood", "complexity_bpd", "constant_images",
+    "auroc", "cached_reference", "complexity_bpd", "constant_images",
     "entropy_cache_key", "equal_counts", "features", "format_table", "gaussian_images", "load_ood_set",
     "mnist_like_images", "plot_roc", "raw_scores", "requantise", "roc_curve", "run_ood", "score_names",
     "scores", "split_test", "transformed", "typicality", "uniform_images", "weights_path",

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..stats import standard_error
 from .scores import Features, Reference, auroc, equal_counts, roc_curve, score_names, scores
 from .sets import load_ood_set
 
@@ -46,7 +47,7 @@ CACHE_VERSION = 2
 
 def complexity_codecs() -> list[str]:
     """The classical codecs L(x) takes the minimum over: PNG, and JPEG-XL where available."""
-    from ..baselines import available_codecs
+    from ..classical import available_codecs
 
     return [c for c in ("png", "jpegxl") if c in available_codecs()]
 
@@ -54,7 +55,7 @@ def complexity_codecs() -> list[str]:
 def complexity_bpd(images: np.ndarray, K: int) -> np.ndarray:
     """L(x): the shortest of :func:`complexity_codecs` and raw ⌈log₂ K⌉-bit storage, bits
     per dimension, whole files (headers included) — a code length any user has."""
-    from ..baselines import codec_bpd
+    from ..classical import codec_bpd
 
     best = np.full(len(images), float(math.ceil(math.log2(K))))
     for codec in complexity_codecs():
@@ -163,7 +164,7 @@ def cached_reference(
     held_out = compute()
     reference = Reference.fit(held_out)
     nll = held_out["nll"]
-    se = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
+    se = standard_error(nll)
     same_weights = [e for e in entries if e.get("key", {}).get("weights_sha256") == key["weights_sha256"]]
     entries = [e for e in same_weights if e.get("key") != key]
     entry = {"entropy_bpd": reference.means["nll"], "entropy_se_bpd": se, "reference": reference.to_json()}

@@ -1,4 +1,4 @@
-"""OOD scores of one image from one evaluation pass (SPEC §6). Larger = more OOD.
+"""OOD scores of one image from one evaluation pass (docs/math.md §8). Larger = more OOD.
 
 The *features* of an image, all in bits per dimension of the image:
 

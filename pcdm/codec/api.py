@@ -1,172 +1,32 @@
-"""``pcdm compress`` / ``pcdm decompress`` (SPEC §7, §8): files around :mod:`pcdm.codec`.
+"""The codec as a library: :func:`compress` and :func:`decompress` a batch of images with a
+trained model (docs/math.md §6, the container in docs/format.md). ``pcdm compress`` /
+``pcdm decompress``, the tests and the benchmarks all call these.
 
-INPUT is a folder of images (relative names kept, sorted as :func:`data.read_image_folder`
-reads them), one or more image files (their names kept), or a ``.npy``/``.npz`` integer
-array ``(N, H, W)`` / ``(N, H, W, C)``. Decompression writes what ``-o`` names: ``X.npy`` an
-array (the input's shape and dtype when it was one), ``X.png`` a single image, anything
-else a folder of lossless PNGs (the input's relative names, a non-PNG suffix becoming
-``.png``; numbered for arrays). Nothing is written unless the whole stream decodes and the
-pixels match their CRC-32.
+The container policy: every image gets a classical record; with ``container="auto"`` the
+file is the smaller of all records (no bits-back stream) and a bits-back stream seeded by
+the first few records, so it is never larger than the classical file. ``jobs`` > 1 codes
+contiguous parts in worker processes, one core each.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
-import os
-import shutil
-import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import codec
-from .baselines import reference_bpd
-from .checkpoint import atomic_write, current_umask, fingerprint, load_run, load_weights, weight_files
-from .data import DataError, as_images, image_array, read_image_folder
+from .. import codec
+from ..checkpoint import fingerprint, load_run, load_weights, weight_files
+from ..data import DataError
 
 DEFAULT_STEPS = 100
 DEFAULT_LANES = 64
 CONTAINERS = ("auto", "bits-back", "classical")
-
-
-def add_compress_parser(sub) -> None:
-    p = sub.add_parser(
-        "compress",
-        help="losslessly compress images with bits-back ANS",
-        description="Bits-back ANS coding over the T-step model (Bit-Swap order).",
-    )
-    p.add_argument("run", help="run folder of a trained model, or one of its checkpoints RUN/ckpt/step_N")
-    p.add_argument(
-        "input", nargs="+", help="image file(s), a folder of images, or a .npy/.npz integer array (N,H,W[,C])"
-    )
-    p.add_argument("-o", "--output", required=True, help="output .pcdm file")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="T (default %(default)s)")
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=DEFAULT_LANES,
-        help="images coded side by side (lanes; default %(default)s); more lanes are faster "
-        "but, without the ramp, need proportionally more one-off initial bits",
-    )
-    p.add_argument(
-        "--no-ramp",
-        dest="ramp",
-        action="store_false",
-        help="full batches from the first image (faster on few images, but every lane then "
-        "needs its own initial bits); by default batches grow from one lane as the stream grows",
-    )
-    p.add_argument(
-        "--container",
-        choices=CONTAINERS,
-        default="auto",
-        help="auto (default): the smaller of the bits-back stream and the images stored classically "
-        "(JPEG-XL/PNG lossless, the smaller per image), so the file is never larger than those plus "
-        f"{codec.HEADER_SIZE} header bytes, the names and ≤ 3 bytes per image; or force one",
-    )
-    _add_jobs(
-        p,
-        "code the images in J parts at once, one process (core) each: J× faster; each part is its "
-        "own bits-back stream with its own seed and header, so the file grows a little",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_compress)
-
-
-def _add_jobs(p, text: str) -> None:
-    help_text = f"{text} (0: all cores; default %(default)s)"
-    p.add_argument("--jobs", type=int, default=1, metavar="J", help=help_text)
-
-
-def add_decompress_parser(sub) -> None:
-    p = sub.add_parser(
-        "decompress",
-        help="restore images from a .pcdm file",
-        description="Decode a .pcdm file made by `pcdm compress` with the same model.",
-    )
-    p.add_argument(
-        "run",
-        help="run folder (or RUN/ckpt/step_N): the weights whose fingerprint the file carries are found",
-    )
-    p.add_argument("file", help=".pcdm file")
-    p.add_argument("-o", "--output", required=True, help="output folder or .npy file")
-    p.add_argument(
-        "--preview-level",
-        type=int,
-        default=None,
-        metavar="S",
-        help="stop after level S (1 = coarsest) and write low-resolution previews "
-        "(not checked against the pixel CRC)",
-    )
-    _add_jobs(p, "decode the parts of a file made with compress --jobs at once, one process (core) each")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_decompress)
-
-
-# ---------------------------------------------------------------------------
-
-
-def read_input(paths, K: int) -> tuple[np.ndarray, codec.Header]:
-    """Images (N,H,W,C) uint8 and a partial header describing the input's form."""
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
-    src = Path(paths[0])
-    if len(paths) == 1 and src.is_dir():
-        names, images = read_image_folder(src)
-        return _named(names, images, K, str(src))
-    if len(paths) == 1 and src.suffix.lower() in (".npy", ".npz"):
-        return _array_input(src, K)
-    files = [Path(p) for p in paths]
-    for f in files:
-        if f.is_dir() or f.suffix.lower() in (".npy", ".npz"):
-            raise DataError(f"{f}: give one folder, one .npy/.npz array, or image files (not a mix)")
-        if not f.is_file():
-            raise DataError(f"{f}: file not found")
-    names = [f.name for f in files]
-    if len({n.lower() for n in names}) != len(names):
-        raise DataError("two input files have the same name; put them in a folder instead")
-    arrays = [image_array(f) for f in files]
-    for f, a in zip(files[1:], arrays[1:]):
-        if a.shape != arrays[0].shape:
-            raise DataError(f"{files[0].name} is {arrays[0].shape} but {f.name} is {a.shape} (H, W, C)")
-    return _named(names, np.stack(arrays), K, str(files[0].parent))
-
-
-def _named(names, images, K, where):
-    for name in names:
-        codec.check_name(name)
-    images = as_images(images, K, where)
-    return images, codec.Header(codec.KIND_FOLDER, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0, names=list(names))
-
-
-def _array_input(src: Path, K: int):
-    if not src.is_file():
-        raise DataError(f"{src}: file not found")
-    try:
-        if src.suffix.lower() == ".npy":
-            array = np.load(src, allow_pickle=False)
-        else:
-            with np.load(src, allow_pickle=False) as npz:
-                keys = ["images"] if "images" in npz.files else npz.files
-                if len(keys) != 1:
-                    raise DataError(f"{src}: holds {npz.files}; give one array (or one named 'images')")
-                array = npz[keys[0]]
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{src}: cannot read as a {src.suffix} array ({err})") from None
-    if array.ndim not in (3, 4) or array.dtype.kind not in "uib" or array.dtype.itemsize > 8:
-        raise DataError(
-            f"{src}: expected an integer array (N,H,W) or (N,H,W,C), got {array.dtype} {array.shape}"
-        )
-    images = as_images(array, K, str(src))
-    h = codec.Header(codec.KIND_NPY, b"", 0, 0, 0, 0, 0, 0, K, 0, 0, 0)
-    h.shape, h.dtype = tuple(int(v) for v in array.shape), array.dtype.str
-    return images, h
 
 
 def compress(
@@ -419,118 +279,6 @@ def _decompress_part(model, blob: bytes, preview_level: int | None = None, progr
     return h, images
 
 
-def output_names(names: list[str]) -> list[str]:
-    """Same relative names; non-PNG files get a .png suffix (the output is lossless PNG)."""
-    out = [n if n.lower().endswith(".png") else str(PurePosixPath(n).with_suffix(".png")) for n in names]
-    if len({n.lower() for n in out}) != len(out):
-        out = [n if n.lower().endswith(".png") else n + ".png" for n in names]
-    if len({n.lower() for n in out}) != len(out):
-        raise codec.CodecError("cannot write PNG outputs: file names collide after renaming")
-    return out
-
-
-def write_output(h: codec.Header, images: np.ndarray, output: str) -> list[str]:
-    """Write images in the form ``output`` names (``.npy`` array, ``.png`` single image,
-    else a folder of PNGs); atomic (nothing is left behind on failure)."""
-    out = Path(output)
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        if out.is_dir():
-            raise codec.CodecError(f"{out} is a folder; -o X.npy writes an array file")
-        n, hh, ww, c = images.shape
-        if h.kind == codec.KIND_NPY:  # the input's own shape and dtype
-            shape = (n, hh, ww) if len(h.shape) == 3 else (n, hh, ww, c)
-            array = images.reshape(shape).astype(np.dtype(h.dtype))
-        else:
-            array = images[..., 0] if c == 1 else images
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-
-        atomic_write(out, write)
-        return [str(out)]
-    if suffix == ".png":
-        if len(images) != 1:
-            raise codec.CodecError(
-                f"the file holds {len(images)} images; -o X.png is for one (give a folder)"
-            )
-        atomic_write(out, lambda tmp: _png(images[0]).save(tmp, format="PNG"))
-        return [str(out)]
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise codec.CodecError(f"{out} already exists; give a new or empty folder")
-    names = h.names if h.kind == codec.KIND_FOLDER else [f"{i:05d}.png" for i in range(len(images))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; keep the user's umask
-    try:
-        written = []
-        for name, img in zip(output_names(names), images):
-            path = tmp / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _png(img).save(path, format="PNG")
-            written.append(str(out / name))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return written
-
-
-def _png(img: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
-
-
-def run_compress(args) -> int:
-    model, _ = load_run(args.run)
-    images, h = read_input(args.input, model.config.K)
-    blob, stats = compress_parts(
-        args.run, model, images, h, args.steps, args.batch, _jobs(args.jobs),
-        progress=not (args.quiet or args.json), ramp=args.ramp, container=args.container,
-    )  # fmt: skip
-    atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
-    if reference := reference_bpd(images):  # classical lossless files of the same images
-        stats["classical_bpd"] = reference
-    if args.json:
-        print(json.dumps(stats))
-    else:
-        n = stats["n_images"]
-        print(
-            f"{n} image{'' if n == 1 else 's'} -> {args.output}: {stats['bytes']} bytes, "
-            f"{stats['bpd']:.4f} bits per pixel value (lower is better), {stats['container']} container"
-        )
-        if stats.get("parts", 1) > 1:
-            print(
-                f"  {stats['parts']} parts coded at once ({', '.join(stats['part_containers'])}), "
-                f"{stats['seed_images']} image(s) stored classically as seeds, {stats['initial_bits']} "
-                f"initial bits, {stats['net_bpd']:.4f} bpd net; classical {stats['classical_bytes']} bytes"
-                if "net_bpd" in stats
-                else f"  {stats['parts']} parts, every one stored classically"
-            )
-        elif "bits_back_bytes" in stats:
-            print(
-                f"  bits-back {stats['bits_back_bytes']} bytes ({stats['seed_images']} image(s) stored "
-                f"classically as its seed, {stats['initial_bits']} initial bits, "
-                f"{stats['net_bpd']:.4f} bpd net on the others); classical {stats['classical_bytes']} bytes"
-            )
-        else:
-            print(f"  too few images for bits-back to pay: all {n} stored classically")
-        if "classical_bpd" in stats:
-            cells = ", ".join(f"{k} {v:.4f}" for k, v in stats["classical_bpd"].items())
-            print(f"  for reference, lossless codecs on the same images (each its own file): {cells} bpd")
-    return 0
-
-
-def _jobs(jobs: int) -> int:
-    if jobs < 0:
-        raise DataError(f"--jobs must be ≥ 0 (0: all cores), got {jobs}")
-    return jobs or os.cpu_count() or 1
-
-
 def matching_model(run, wanted: bytes, log=None):
     """(model, weights) of RUN (a run folder or RUN/ckpt/step_N) whose fingerprint is
     ``wanted``: the given weights first (weights None), then every weights file of the run,
@@ -550,26 +298,3 @@ def matching_model(run, wanted: bytes, log=None):
         f"no weights in {run} match the file (fingerprint {wanted.hex()[:16]}…; {tried} weight files "
         "checked): it was compressed with another run, or with a checkpoint since deleted (--keep)"
     )
-
-
-def run_decompress(args) -> int:
-    path = Path(args.file)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    blob = path.read_bytes()
-    heads = [codec.unpack(part)[0] for part in codec.split_parts(blob)]
-    streams = [h for h in heads if not h.classical]
-    weights = None
-    if not streams:  # no bits-back stream: the run only supplies the image shape
-        model, _ = load_run(args.run)
-    else:
-        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-        model, weights = matching_model(args.run, streams[0].fingerprint, log=log)
-    h, images = decompress(
-        model, blob, args.preview_level, progress=not args.quiet, jobs=_jobs(args.jobs), run=args.run,
-        weights=None if weights is None else str(weights),
-    )  # fmt: skip
-    write_output(h, images, args.output)
-    what = "preview" if images.shape[1:3] != (h.H, h.W) else "image"
-    print(f"{len(images)} {what}{'' if len(images) == 1 else 's'} -> {args.output}")
-    return 0

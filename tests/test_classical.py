@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pcdm import baselines
-from pcdm.baselines import CODECS, available_codecs, codec_bpd, compare, decode, encode
+from pcdm import classical
+from pcdm.classical import CODECS, available_codecs, codec_bpd, compare, decode, encode
 
 AVAILABLE = available_codecs()
 SIZES = [(8, 8), (28, 28), (32, 32)]
@@ -88,14 +88,14 @@ def test_bpd_definition():
 
 
 def test_check_detects_broken_codec(monkeypatch):
-    real = baselines.decode
+    real = classical.decode
 
     def corrupt(data, codec, channels=None):
         out = real(data, codec, channels).copy()
         out[0, 0, 0] ^= 1
         return out
 
-    monkeypatch.setattr(baselines, "decode", corrupt)
+    monkeypatch.setattr(classical, "decode", corrupt)
     with pytest.raises(RuntimeError):
         codec_bpd(_smooth(8, 8, 1)[None], "png")
     codec_bpd(_smooth(8, 8, 1)[None], "png", check=False)
