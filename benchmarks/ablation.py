@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pcdm import baselines  # noqa: E402
+from pcdm import classical  # noqa: E402
 from pcdm.checkpoint import load_tensors, read_config  # noqa: E402
 from pcdm.data import DataError, load  # noqa: E402
 from pcdm.evaluate import per_image_bpd, summarize  # noqa: E402
@@ -443,10 +443,10 @@ def run_dataset(args, data: str) -> dict:
 
     # Classical codecs on the same test images (the curve subset is a prefix of them).
     t0 = time.time()
-    names = [c for c in args.codecs if c in baselines.available_codecs()]
+    names = [c for c in args.codecs if c in classical.available_codecs()]
     if missing := sorted(set(args.codecs) - set(names)):
         print(f"  codecs not available here, left out: {', '.join(missing)}", flush=True)
-    codec = baselines.compare(test.images, codecs=names, progress=False) if names else {}
+    codec = classical.compare(test.images, codecs=names, progress=False) if names else {}
     codecs = {}
     for name, c in codec.items():
         per = np.asarray(c["per_image"], float)
@@ -555,7 +555,7 @@ def markdown(report: dict) -> str:
         "compute per step instead of equal architecture). bpd is the EMA weights' bound on the test images "
         f"({meta['n_t']} time draw(s) per image, evaluation seed {meta['eval_seed']}); ± is the "
         "standard error over images. c-vdm's number is an upper bound that drops the sum over "
-        "the other scales (SPEC §2), so it is expected to be worst.",
+        "the other scales (docs/math.md §2), so it is expected to be worst.",
         "",
     ]
     for ds in report["datasets"]:

@@ -8,7 +8,7 @@ default (``--container auto``: the smaller of the bits-back file, whose first im
 stored classically as the stream's seed, and the all-classical file) and decoded again
 (checked bit-exact). Beside it: the bits-back and classical candidates, the sum of the
 per-image JPEG-XL and PNG files, and of the best classical file per image (PNG, WebP,
-JPEG-XL, JPEG-LS, each image its own file, from :func:`pcdm.baselines.compare`).
+JPEG-XL, JPEG-LS, each image its own file, from :func:`pcdm.classical.compare`).
 
 ``--reuse TABLE.json``: a count that ``benchmarks/codec_table.py`` already coded with the same
 model, T and lanes (its row of that T and image count, decoded bit-exact there, with both
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pcdm import baselines, codec, codec_cli  # noqa: E402
+from pcdm import classical, codec  # noqa: E402
 from pcdm.checkpoint import load_run  # noqa: E402
 from pcdm.data import load  # noqa: E402
 
@@ -47,13 +47,13 @@ def size_row(model, images: np.ndarray, steps: int, lanes: int, reuse: dict | No
     else:
         h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
         h.shape, h.dtype = tuple(images.shape), images.dtype.str
-        blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=False)
+        blob, stats = codec.compress(model, images, h, steps, lanes, progress=False)
         t0 = time.perf_counter()
-        _, back = codec_cli.decompress(model, blob)
+        _, back = codec.decompress(model, blob)
         if not np.array_equal(back, images):
             raise SystemExit(f"n={len(images)}: decoded images differ from the input")
     dims = int(np.prod(images.shape[1:]))
-    table = baselines.compare(images, progress=False)
+    table = classical.compare(images, progress=False)
     files = {k: int(round(float(np.sum(v["per_image"])) * dims / 8)) for k, v in table.items()}
     return {
         "n": len(images),
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--counts", type=int, nargs="+", default=[1, 10, 40, 1000])
-    p.add_argument("--steps", type=int, default=codec_cli.DEFAULT_STEPS)
-    p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
+    p.add_argument("--steps", type=int, default=codec.DEFAULT_STEPS)
+    p.add_argument("--batch", type=int, default=codec.DEFAULT_LANES)
     p.add_argument("--reuse", default=None, help="codec_table.py JSON whose rows may be reused")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_sizes.md"))
     args = p.parse_args(argv)

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pcdm import codec, codec_cli  # noqa: E402
+from pcdm import codec  # noqa: E402
 from pcdm.checkpoint import load_run  # noqa: E402
 from pcdm.data import load  # noqa: E402
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
+    p.add_argument("--batch", type=int, default=codec.DEFAULT_LANES)
     p.add_argument("--jobs", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codec_speed.md"))
     args = p.parse_args(argv)
@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for jobs in args.jobs:
         t0 = time.perf_counter()
-        blob, stats = codec_cli.compress_parts(
+        blob, stats = codec.compress_parts(
             args.run, model, images, header(images), args.steps, args.batch, jobs, container="bits-back"
         )
         enc_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, back = codec_cli.decompress(model, blob, jobs=jobs, run=args.run)
+        _, back = codec.decompress(model, blob, jobs=jobs, run=args.run)
         dec_s = time.perf_counter() - t0
         if not np.array_equal(back, images):
             raise SystemExit(f"--jobs {jobs}: decoded images differ from the input")

@@ -19,7 +19,7 @@ bits-back coded, and the file's size against the best classical codec per image 
 images. ``--keep-from`` carries the other T's rows (with their commands) from an earlier
 JSON, so one T can be re-run without the others.
 Classical codecs (PNG, WebP, JPEG-XL, JPEG-LS, each image its own file) come from
-:func:`pcdm.baselines.compare`. The codec runs its network single-threaded, so ``--jobs J``
+:func:`pcdm.classical.compare`. The codec runs its network single-threaded, so ``--jobs J``
 codes J values of T at once in separate processes (one core each; the speeds stay per core).
 """
 
@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pcdm import baselines, codec, codec_cli  # noqa: E402
+from pcdm import classical, codec  # noqa: E402
 from pcdm.checkpoint import load_run  # noqa: E402
 from pcdm.data import load  # noqa: E402
 from pcdm.evaluate import per_image_bpd  # noqa: E402
@@ -62,9 +62,9 @@ def code_at(
     images = images[:limit] if limit else images
     h = codec.Header(codec.KIND_NPY, b"", *[0] * 10)
     h.shape, h.dtype = tuple(images.shape), images.dtype.str
-    blob, stats = codec_cli.compress(model, images, h, steps, lanes, progress=progress, container="bits-back")
+    blob, stats = codec.compress(model, images, h, steps, lanes, progress=progress, container="bits-back")
     t0 = time.perf_counter()
-    _, back = codec_cli.decompress(model, blob, progress=progress)
+    _, back = codec.decompress(model, blob, progress=progress)
     dec_s = time.perf_counter() - t0
     if not np.array_equal(back, images):
         raise SystemExit(f"T={steps}: decoded images differ from the input")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="T=N",
         help="code only the first N images at T steps (repeatable)",
     )
-    p.add_argument("--batch", type=int, default=codec_cli.DEFAULT_LANES)
+    p.add_argument("--batch", type=int, default=codec.DEFAULT_LANES)
     p.add_argument("--elbo", action="store_true", help="also evaluate the T-step −ELBO")
     p.add_argument("--elbo-draws", type=int, default=ELBO_DRAWS, help="draws of t per image for the −ELBO")
     p.add_argument(
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         r["command"] = command
     carried = [r for r in kept if r["steps"] not in args.steps]
     rows = sorted(rows + carried, key=lambda r: r["steps"])
-    compared = baselines.compare(images)
+    compared = classical.compare(images)
     best = compared["best"]["per_image"]
     for r in rows:  # the classical reference on exactly the images coded at that T
         r["best_classical_bpd"] = float(np.mean(best[: r["images"]]))

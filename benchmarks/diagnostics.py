@@ -32,9 +32,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pcdm.checkpoint import load_run  # noqa: E402
-from pcdm.commands import check_matches  # noqa: E402
-from pcdm.data import load  # noqa: E402
-from pcdm.evaluate import per_image_bpd, summarize, to_tensor  # noqa: E402
+from pcdm.data import load, to_nchw  # noqa: E402
+from pcdm.evaluate import (  # noqa: E402
+    check_matches,  # noqa: E402
+    per_image_bpd,
+    summarize,
+)
 from pcdm.lattice import octave_grid  # noqa: E402
 from pcdm.model import PCDM, Noise  # noqa: E402
 from pcdm.schedules import alpha_sigma  # noqa: E402
@@ -138,10 +141,10 @@ def main(argv=None) -> int:
     out = {"run": str(args.run), "model": model.config.model, "data": data.name}
     out.update(gamma_0=float(ends[0]), gamma_1=float(ends[1]))
     out.update(summarize(per_image_bpd(model, data.images, progress=not args.json)))
-    out["sensitivity"] = sensitivity(model, to_tensor(data.images[: args.probe_images]))
+    out["sensitivity"] = sensitivity(model, to_nchw(data.images[: args.probe_images]))
     if args.lattice_swap:
         with torch.no_grad():
-            out["lattice_swap"] = lattice_swap(model, to_tensor(data.images), args.lattice_swap)
+            out["lattice_swap"] = lattice_swap(model, to_nchw(data.images), args.lattice_swap)
     if args.json:
         print(json.dumps(out))
         return 0

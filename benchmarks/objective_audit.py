@@ -79,9 +79,12 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pcdm.checkpoint import RunError, load_run  # noqa: E402
-from pcdm.commands import check_matches  # noqa: E402
-from pcdm.data import DataError, load  # noqa: E402
-from pcdm.evaluate import to_tensor  # noqa: E402
+from pcdm.data import (  # noqa: E402
+    DataError,
+    load,
+    to_nchw,  # noqa: E402
+)
+from pcdm.evaluate import check_matches  # noqa: E402
 from pcdm.model import PCDM, Noise, to_bpd  # noqa: E402
 from pcdm.schedules import alpha_sigma  # noqa: E402
 
@@ -171,7 +174,7 @@ def audit_images(
     acc: dict[str, list[np.ndarray]] = {}
     with tqdm(total=len(images), desc="audit", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(images), batch):
-            x = to_tensor(images[start : start + batch]).to(device)
+            x = to_nchw(images[start : start + batch]).to(device)
             noise = Noise.draw(x.shape, S, generator=g, device=device, dtype=model.dtype)
             for key, nats in audit_batch(model, x, noise, denoiser).items():
                 acc.setdefault(key, []).append(to_bpd(nats, model.dims).double().cpu().numpy())
