@@ -262,3 +262,44 @@ def test_edm_training_loss_decreases_on_a_fixed_batch():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0], losses[::5]
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def test_cli_train_edm_then_heun_sample_and_eval(tmp_path, capsys):
+    import json
+
+    from pcdm.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", "w-pcdm", "--data", "digits", "--objective", "edm", "--out", str(run),
+            "--steps", "6", "--preset", "tiny", "--sample-steps", "0", "--log-every", "3"]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    assert cfg["objective"] == "edm" and len(cfg["sigma_data"]) == 2 and min(cfg["sigma_data"]) > 0
+    capsys.readouterr()
+    grid, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    argv = [
+        "sample",
+        str(run),
+        "-n",
+        "5",
+        "--sampler",
+        "heun",
+        "--steps",
+        "4",
+        "--churn",
+        "1",
+        "--out",
+        str(grid),
+    ]
+    assert main([*argv, "--npz", str(npz)]) == 0
+    assert grid.is_file() and np.load(npz)["images"].shape == (5, 8, 8, 1) and int(np.load(npz)["K"]) == 17
+    assert main(["eval", str(run), "--limit", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isfinite(out["bpd"]) and out["bpd"] > 0  # the honest bound of an EDM-trained model
+    assert main(["sample", str(run), "-n", "2", "--sampler", "heun", "--steps", "1", "--out", str(grid)]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "2", "--churn", "1", "--out", str(grid)]) == 2
+    assert "--churn applies" in capsys.readouterr().err
