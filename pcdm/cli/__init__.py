@@ -10,10 +10,10 @@ import sys
 
 from ..checkpoint import RunError
 from ..data import DataError
-from . import codec, demo, eval, ood, sample, train
+from . import codec, demo, eval, fid, ood, sample, train
 
 # In the order ``pcdm --help`` lists them (codec adds compress and decompress).
-SUBCOMMANDS = (train, eval, sample, demo, ood, codec)
+SUBCOMMANDS = (train, eval, sample, fid, demo, ood, codec)
 
 
 class UserError(Exception):

@@ -47,6 +47,8 @@ HELP = {
     "schedule": "γ schedule",
     "gamma_min": "γ(0) at initialisation (default −13.3 + 2 ln(256/K))",
     "gamma_max": "γ(1) at initialisation",
+    "objective": "elbo: train the bound (docs/math.md §3); edm: EDM's preconditioning, log-normal σ and "
+    "weighting per level, for sample quality (pcdm eval still reports its honest bound; docs/math.md §11)",
     "data": "dataset name, name:root, image folder or .npy/.npz",
     "steps": "stop after N optimiser steps",
     "minutes": "stop after M minutes of wall-clock time",
@@ -74,6 +76,7 @@ HELP = {
 CHOICES = {
     "model": registry.names,
     "schedule": lambda: ("fixed", "learned", "monotone"),
+    "objective": lambda: ("elbo", "edm"),
     "precision": lambda: ("auto", "fp32", "bf16"),
     "t_sampling": lambda: ("uniform", "importance"),
 }
