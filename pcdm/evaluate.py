@@ -3,6 +3,7 @@ run on a data set (what ``pcdm eval`` prints)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -64,6 +65,57 @@ def per_image_bpd(
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def per_image_ode_bpd(
+    model: PCDM,
+    images: np.ndarray,
+    options=None,
+    batch_size: int = 64,
+    seed: int = 0,
+    n_t: int = 1,
+    progress: bool = True,
+    desc: str = "ode",
+) -> dict[str, np.ndarray]:
+    """The probability-flow ODE bound of each image (pcdm.ode, docs/math.md §12) in bpd, by
+    term (``bpd_ode``, ``bpd_dequant``, ``bpd_recon``, ``bpd_level<s>``), with the solver's
+    function evaluations (``nfe``, ``nfe_level<s>``: those of the image's batch) and
+    ``seconds`` per image; and the ELBO of the same images (``per_image_bpd`` with ``n_t``
+    draws) under ``elbo_``. One seed fixes ε₀ and the Hutchinson probes."""
+    from .ode import ODEOptions, ode_bound  # torchdiffeq only where the ODE is used
+
+    options = options or ODEOptions()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=len(images), desc=desc, disable=not progress, unit="img", leave=False)
+    for start in range(0, len(images), batch_size):
+        x = to_nchw(images[start : start + batch_size]).to(device)
+        bound = ode_bound(model, x, options, generator=generator)
+        n = len(x)
+        cols = {k: v.detach().float().cpu().numpy() for k, v in bound.bpd().items()}
+        cols["nfe"] = np.full(n, float(sum(bound.nfe)))
+        for s, nfe in enumerate(bound.nfe):
+            cols[f"nfe_level{s + 1}"] = np.full(n, float(nfe))
+        cols["seconds"] = np.full(n, bound.seconds / n)
+        for k, v in cols.items():
+            out.setdefault(k, []).append(v)
+        bar.update(n)
+    bar.close()
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    elbo = per_image_bpd(model, images, n_t=n_t, batch_size=batch_size, seed=seed, progress=False)
+    result.update({f"elbo_{k}": v for k, v in elbo.items() if not k.startswith("band:")})
+    return result
+
+
+def summarize_ode(per_image: dict[str, np.ndarray]) -> dict[str, float]:
+    """``summarize`` of an ODE evaluation, plus the ELBO's standard error and the paired
+    difference ODE − ELBO on the same images (``ode_minus_elbo``, ``ode_minus_elbo_se``)."""
+    out = summarize(per_image)
+    out["elbo_bpd_se"] = standard_error(per_image["elbo_bpd"])
+    diff = per_image["bpd"] - per_image["elbo_bpd"]
+    out["ode_minus_elbo"], out["ode_minus_elbo_se"] = float(diff.mean()), standard_error(diff)
+    return out
+
+
 def summarize(per_image: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean of every term, plus the standard error of the total (``bpd_se``); the γ-band
     terms go into ``diffusion_bands`` = {"level<s>": {band: bpd}}."""
@@ -106,6 +158,7 @@ def evaluate_run(
     progress=True,
     device="cpu",
     compare_codecs=False,
+    ode=None,
 ) -> dict:
     """The bound of a run on data (with ``compare_codecs``, PNG and JPEG-XL lossless on the
     same images when that is cheap: ``classical.reference_bpd``). Default split: the run's
@@ -125,8 +178,13 @@ def evaluate_run(
         why = "--split"
     data = load(spec, split, limit=limit)
     check_matches(model, data)
-    per_image = per_image_bpd(model, data.images, n_t=n_t, steps=steps, batch_size=batch, progress=progress)
-    out = summarize(per_image)
+    if ode is not None:  # the PF-ODE bound and the ELBO on the same images (docs/math.md §12)
+        per_image = per_image_ode_bpd(model, data.images, ode, batch_size=batch, n_t=n_t, progress=progress)
+        out = summarize_ode(per_image)
+        out.update(ode_options=dataclasses.asdict(ode))
+    else:
+        per_image = per_image_bpd(model, data.images, n_t, steps, batch_size=batch, progress=progress)
+        out = summarize(per_image)
     out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
     out.update(model=model.config.model)
     if compare_codecs and (reference := reference_bpd(data.images)):
