@@ -34,7 +34,7 @@ def compress(
 ):
     """Encode and pack; returns (file bytes, stats dict).
 
-    Every image gets a classical record (JPEG-XL or PNG lossless, the smaller). With
+    Every image gets a classical record (the smallest of JPEG-XL, WebP and PNG lossless). With
     ``container="auto"`` the file is the smaller of (a) all records, no bits-back stream, and
     (b) the first few records as the seed of a bits-back stream of the other images
     (``codec.seed_count``), so it is never larger than (a): Σ records + header + metadata.
@@ -57,7 +57,7 @@ def compress(
     h.seed_images, h.n_init, h.kmin = N, 0, 0
     words = codec.seed_words(b"".join(records))
     h.seed_words = len(words)
-    classical = codec.pack(h, words)
+    classical = codec.pack_classical(h, records)  # the compact header unless a part follows
     dims = N * model.dims
     stats = {
         "n_images": N,

@@ -42,7 +42,7 @@ FLAG_RAMP = 1  # header flags: lane ramp on
 FLAG_CLASSICAL = 2  # every image stored classically (no bits-back stream)
 FLAG_CONTINUED = 4  # another part follows (a file coded in parallel parts, ``split_parts``)
 MAX_PARTS = 4096
-CLASSICAL_CODECS = ("jpegxl", "png")  # tried for every image; the smallest file is kept
+CLASSICAL_CODECS = ("jpegxl", "webp", "png")  # tried for every image; the smallest file is kept
 CODEC_IDS = classical.CODECS  # a record's first byte indexes this tuple
 SEED_MARGIN = 1.25  # whitening reads 1.25 × a pop's expected bits ahead (+ 64)
 
@@ -67,15 +67,21 @@ def classical_record(image: np.ndarray) -> bytes:
     """One uint8 image (H, W, C) as the smallest of its CLASSICAL_CODECS files, framed as
     codec id (1 byte, index into ``classical.CODECS``), file length (LEB128), file bytes;
     the file is decoded and checked bit-exact here, so the container always decodes."""
+    H, W, C = image.shape
     best = None
     for name in classical_codecs():
         data = classical.encode(image, name)
-        if best is None or len(data) < len(best[1]):
+        if best is not None and len(data) >= len(best[1]):
+            continue  # ties go to the earlier codec of CLASSICAL_CODECS
+        try:  # only a file that this decoder reads back bit-exact may be kept
+            ok = np.array_equal(_decode_file(name, data, H, W, C), image)
+        except Exception:  # the codec libraries raise their own types
+            ok = False
+        if ok:
             best = (name, data)
+    if best is None:
+        raise CodecError("no classical codec of this build round-trips this image")
     name, data = best
-    H, W, C = image.shape
-    if not np.array_equal(_decode_file(name, data, H, W, C), image):
-        raise CodecError(f"the {name} codec of this build does not round-trip an image")
     return bytes([CODEC_IDS.index(name)]) + _leb128(len(data)) + data
 
 
@@ -96,6 +102,25 @@ def _decode_file(name: str, data: bytes, H: int, W: int, C: int) -> np.ndarray:
 
         out = np.empty((H, W) if C == 1 else (H, W, C), dtype=np.uint8)
         imagecodecs.jpegxl_decode(data, out=out, numthreads=1)
+    elif name == "webp":
+        import imagecodecs
+
+        # Only the simple lossless layout (RIFF, WEBP, one VP8L chunk) that libwebp writes for
+        # ``classical.encode``; its 14-bit sizes are checked before any pixel is allocated.
+        if len(data) < 25 or data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L" or data[20] != 0x2F:
+            raise ValueError("not a lossless WebP file")
+        bits = int.from_bytes(data[21:25], "little")
+        if ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1) != (W, H):
+            raise ValueError("WebP file has another size")
+        rgb = np.asarray(imagecodecs.webp_decode(data, hasalpha=False), dtype=np.uint8)
+        if rgb.shape != (H, W, 3):
+            raise ValueError(f"WebP file decodes to {rgb.shape}")
+        # A grayscale image is stored replicated to RGB (classical.encode): the channels must agree.
+        if C == 1 and not (
+            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        ):
+            raise ValueError("WebP file of a grayscale image has unequal channels")
+        out = rgb[..., :1] if C == 1 else rgb
     else:
         raise ValueError(f"codec {name} is not used by the container")
     return np.ascontiguousarray(out.reshape(H, W, C))
@@ -251,6 +276,8 @@ def pack(h: Header, words: np.ndarray) -> bytes:
 
 def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     """Parse and validate a .pcdm file (bounds on every field before any allocation)."""
+    if len(data) > 4 and data[:4] == MAGIC and data[4] == COMPACT_VERSION:
+        return unpack_compact(data)
     if len(data) < HEADER_SIZE:
         raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
     fields = HEADER.unpack_from(data, 0)
@@ -260,7 +287,7 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     if magic != MAGIC:
         raise CodecError("not a .pcdm file (bad magic bytes)")
     if version != VERSION:
-        raise CodecError(f"unsupported .pcdm version {version} (this build reads {VERSION})")
+        raise CodecError(f"unsupported .pcdm version {version} (this build reads {VERSION} and {COMPACT_VERSION})")
     if meta_len > len(data) - HEADER_SIZE:
         raise CodecError("corrupt .pcdm header: metadata length beyond the end of the file")
     meta = bytes(data[HEADER_SIZE : HEADER_SIZE + meta_len])
@@ -314,12 +341,162 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     return h, words
 
 
+# ---------------------------------------------------------------------------
+# The compact header of an all-classical file (header version 4; docs/format.md): no model
+# fingerprint, stream fields or word padding, and the records' codec ids and lengths packed
+# as bits. A classical-only file that is one part of a ``--jobs`` file but not the last keeps
+# the version-3 header (``split_parts`` needs its length); version-3 classical files decode.
+
+COMPACT_VERSION = 4
+COMPACT_FIXED = 12  # magic 4, version 1, kind 1, C 1, K − 1 1, CRC-32 of the pixels 4
+CODEC_BITS = 2  # a record's codec id (index into classical.CODECS, which has 4 entries)
+
+
+def _uleb(blob: bytes, pos: int, what: str) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(blob) or shift > 28:
+            raise CodecError(f"corrupt .pcdm header: bad {what}")
+        value |= (blob[pos] & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not blob[pos - 1] & 0x80:
+            return value, pos
+
+
+def split_records(blob: bytes, n: int) -> list[tuple[int, bytes]]:
+    """The (codec id, file) pairs of ``n`` records framed by :func:`classical_record`."""
+    out, pos = [], 0
+    for i in range(n):
+        if pos >= len(blob) or blob[pos] >= len(CODEC_IDS):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} has no valid codec id")
+        size, start = _uleb(blob, pos + 1, f"length of classical image {i}")
+        if start + size > len(blob):
+            raise CodecError(f"corrupt .pcdm payload: classical image {i} is truncated")
+        out.append((blob[pos], bytes(blob[start : start + size])))
+        pos = start + size
+    if pos != len(blob):
+        raise CodecError("corrupt .pcdm payload: trailing bytes after the classical images")
+    return out
+
+
+def _compact_head(h: Header, sizes: Sequence[int], cids: Sequence[int]) -> bytes:
+    """Everything of a compact file before the records' files (docs/format.md, "The compact
+    classical header"): fixed fields, LEB128 N, H, W, pixel CRC, metadata, the smallest
+    record length, the spread width b and the bit-packed (codec id, length − smallest) index."""
+    lo = min(sizes)
+    b = (max(sizes) - lo).bit_length()
+    acc = 0
+    for i, (cid, size) in enumerate(zip(cids, sizes)):  # little-endian bits: record i at bit i (2 + b)
+        acc |= (cid | (size - lo) << CODEC_BITS) << (i * (CODEC_BITS + b))
+    index = acc.to_bytes((h.N * (CODEC_BITS + b) + 7) // 8, "little")
+    out = bytearray(MAGIC + bytes([COMPACT_VERSION, h.kind, h.C, h.K - 1]))
+    out += _leb128(h.N) + _leb128(h.H) + _leb128(h.W) + struct.pack("<I", h.pixel_crc)
+    if h.kind == KIND_NPY:
+        dt = h.dtype.encode("ascii")
+        out += bytes([len(h.shape), len(dt)]) + dt
+    else:
+        for name in h.names:
+            raw = name.encode("utf-8")
+            out += _leb128(len(raw)) + raw
+    return bytes(out + _leb128(lo) + bytes([b]) + index)
+
+
+def compact_overhead(h: Header, sizes: Sequence[int], cids: Sequence[int] | None = None) -> int:
+    """Bytes a compact file adds to its records' files (of lengths ``sizes``): its header
+    (:func:`_compact_head`) and the final CRC-32 (docs/format.md, "Guarantees")."""
+    return len(_compact_head(h, sizes, cids or [0] * len(sizes))) + 4
+
+
+def pack_classical(h: Header, records: Sequence[bytes]) -> bytes:
+    """An all-classical file from the images' :func:`classical_record` s: the compact
+    header (version 4), or version 3 (:func:`pack`) for a part that another part follows."""
+    if h.continued:
+        words = seed_words(b"".join(records))
+        h.seed_images, h.seed_words, h.n_init, h.kmin = h.N, len(words), 0, 0
+        return pack(h, words)
+    pairs = split_records(b"".join(records), h.N)
+    if h.K > 256 or h.C not in (1, 3):
+        raise CodecError(f"the compact classical header holds uint8 images only (K={h.K}, C={h.C})")
+    out = _compact_head(h, [len(f) for _, f in pairs], [cid for cid, _ in pairs])
+    out += b"".join(f for _, f in pairs)
+    return out + struct.pack("<I", zlib.crc32(out))
+
+
+def unpack_compact(data: bytes) -> tuple[Header, np.ndarray]:
+    """Parse a version-4 file into the header and payload words a version-3 all-classical
+    file of the same records has (so decoding is one path); every field bounded first."""
+    if len(data) < COMPACT_FIXED + 4 + 3:
+        raise CodecError(f"not a .pcdm file: only {len(data)} bytes (truncated?)")
+    if zlib.crc32(bytes(data[:-4])) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        raise CodecError("corrupt .pcdm file (checksum mismatch)")
+    kind, C, K = data[5], data[6], data[7] + 1
+    pos = 8
+    N, pos = _uleb(data, pos, "image count")
+    H, pos = _uleb(data, pos, "image height")
+    W, pos = _uleb(data, pos, "image width")
+    (crc,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    if kind not in (KIND_NPY, KIND_FOLDER):
+        raise CodecError(f"corrupt .pcdm header: unknown input kind {kind}")
+    if not 1 <= N <= MAX_IMAGES:
+        raise CodecError(f"corrupt .pcdm header: N={N} out of range")
+    if C not in (1, 3) or not (1 <= H <= MAX_SIDE and 1 <= W <= MAX_SIDE) or K < 2:
+        raise CodecError(f"corrupt .pcdm header: image shape {C}×{H}×{W}, K={K} invalid")
+    h = Header(kind, bytes(32), 1, 1, N, C, H, W, K, 0, 0, crc)
+    meta = bytearray()  # the version-3 metadata, parsed by the same code
+    if kind == KIND_NPY:
+        if pos + 2 > len(data) or data[pos] not in (3, 4) or pos + 2 + data[pos + 1] > len(data):
+            raise CodecError("corrupt .pcdm header: bad array metadata")
+        ndim, n = data[pos], data[pos + 1]
+        shape = (N, H, W) + ((C,) if ndim == 4 else ())
+        meta += (
+            struct.pack("<B", ndim)
+            + struct.pack(f"<{ndim}I", *shape)
+            + bytes([n])
+            + data[pos + 2 : pos + 2 + n]
+        )
+        pos += 2 + n
+    else:
+        for _ in range(N):
+            n, pos = _uleb(data, pos, "file name length")
+            if not 1 <= n <= MAX_NAME or pos + n > len(data):
+                raise CodecError("corrupt .pcdm header: bad file name length")
+            meta += struct.pack("<H", n) + data[pos : pos + n]
+            pos += n
+    _parse_meta(h, bytes(meta))
+    lo, pos = _uleb(data, pos, "record lengths")
+    if pos >= len(data) or data[pos] > 32:
+        raise CodecError("corrupt .pcdm header: bad record length width")
+    b, pos = data[pos], pos + 1
+    width = CODEC_BITS + b
+    n_index = (N * width + 7) // 8
+    if pos + n_index > len(data) - 4:
+        raise CodecError("truncated .pcdm file: the record index is cut off")
+    acc = int.from_bytes(data[pos : pos + n_index], "little")
+    pos += n_index
+    framed = bytearray()
+    for i in range(N):
+        field = (acc >> (i * width)) & ((1 << width) - 1)
+        cid, size = field & 3, lo + (field >> CODEC_BITS)
+        if pos + size > len(data) - 4:
+            raise CodecError(f"truncated .pcdm file: classical image {i} is cut off")
+        framed += bytes([cid]) + _leb128(size) + data[pos : pos + size]
+        pos += size
+    if pos != len(data) - 4:
+        raise CodecError("truncated or padded .pcdm file: bytes after the classical images")
+    words = seed_words(bytes(framed))
+    h.seed_images, h.seed_words = N, len(words)
+    return h, words
+
+
 def split_parts(data: bytes) -> list[bytes]:
     """A file coded in parallel parts is the parts' files back to back, each but the last
     flagged FLAG_CONTINUED; a one-part file is itself. Only the lengths are read here (each
     part is validated by :func:`unpack`)."""
     parts, pos = [], 0
     while True:
+        if data[pos : pos + 4] == MAGIC and data[pos + 4 : pos + 5] == bytes([COMPACT_VERSION]):
+            return [*parts, bytes(data[pos:])]  # a compact file is never continued: the rest
         if len(data) - pos < HEADER_SIZE:
             have = len(data) - pos
             raise CodecError(f"not a .pcdm file: part {len(parts)} has only {have} bytes (truncated?)")
