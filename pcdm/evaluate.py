@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_run
 from .classical import reference_bpd
-from .data import ImageSet, has_own_splits, load, resolve_spec, to_nchw
+from .data import ImageSet, default_split, load, to_nchw
 from .model import PCDM, to_bpd
 from .stats import standard_error
 
@@ -167,15 +167,7 @@ def evaluate_run(
     model, cfg = load_run(run, ema=ema, device=device)
     own = cfg["data"]["spec"]
     spec = data_spec or own
-    if split is None:
-        if data_spec is None or resolve_spec(data_spec) == resolve_spec(own):
-            split, why = "test", "held-out part of the run's training data"
-        elif has_own_splits(spec):
-            split, why = "test", "the dataset's test split"
-        else:
-            split, why = "all", "not the run's training data: every image"
-    else:
-        why = "--split"
+    split, why = default_split(data_spec, own, split)  # the rule pcdm ood uses too
     data = load(spec, split, limit=limit)
     check_matches(model, data)
     if ode is not None:  # the PF-ODE bound and the ELBO on the same images (docs/math.md §12)

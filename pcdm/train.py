@@ -17,6 +17,7 @@ skips the step (and stops with a clear error after repeated failures).
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import dist, edm
+from . import dist, edm, machine
 from .checkpoint import (
     RunError,
     atomic_write,
@@ -148,6 +149,7 @@ def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
 def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = False, device="auto") -> dict:
     device = dist.init(device)
     rank, world = dist.rank(), dist.world()
+    machine.cap_torch_threads()  # threads from the cores this process may use (docs/math.md §10)
     torch.manual_seed(cfg.seed)
     data = load(cfg.data, "train", limit=cfg.limit)
     images = to_nchw(data.images).contiguous()
@@ -205,6 +207,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     log = open(run / "metrics.jsonl", "a") if dist.is_main() else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main(), desc="train", unit="step")
     first_step = step
+    # what else used this run's cores (docs/math.md §10); under torchrun, the local ranks' tree
+    root = os.getppid() if world > 1 and "LOCAL_RANK" in os.environ else None
+    monitor = machine.Monitor(root=root).start(step) if dist.is_main() else None
     start, bad, running = time.time(), 0, None
     last = {}
     while True:
@@ -267,6 +272,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             pace = elapsed / max(step - first_step, 1)
             bar.total = step + max(0, int((cfg.minutes * 60 - elapsed) / pace))
         bar.update(1)
+        if monitor is not None and (note := monitor.sample(step)):
+            bar.write(note)  # once: throughput fell far below its first minute's
         bar.set_postfix({"loss": f"{loss_val:.3f}", ("bpd" if terms else "avg"): f"{running:.3f}"})
         last = {
             "step": step,
@@ -288,6 +295,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main():
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
     bar.close()
+    summary = monitor.summary() if monitor is not None else None
     if log and last and step % cfg.log_every and step != cfg.steps:  # always log the final step
         last["time_s"] = round(time.time() - start, 2)
         log.write(json.dumps(last) + "\n")
@@ -300,9 +308,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         log.close()
         if writer:
             writer.close()
+    if summary is not None:
+        _write_machine(run / "machine.json", summary)
     dist.barrier()
     dist.cleanup()
-    return {"step": step, "params": n_params, **last}
+    return {"step": step, "params": n_params, **last, "machine": summary}
 
 
 def _loss(ddp, x, noise):
@@ -313,6 +323,19 @@ def _loss(ddp, x, noise):
         return ddp(x, noise=noise), None
     bound = ddp(x, noise=noise, return_bound=True)
     return to_bpd(bound.total, core.dims).mean(), bound
+
+
+def _write_machine(path: Path, summary: dict) -> None:
+    """RUN/machine.json: this session's machine record; a resumed run keeps the earlier
+    sessions' under "earlier" (each of them counts, pcdm.machine.disturbance)."""
+    earlier = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            earlier = [*old.pop("earlier", []), old]
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    write_json(path, {**summary, "earlier": earlier} if earlier else summary)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -393,3 +393,54 @@ def test_cli_bad_input_is_one_line(args, run, tmp_path, capsys):
     assert main(argv + ["--n-t", "1"] if "--n-t" not in argv else argv) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("pcdm ood: error:") and "\n" not in err and "Traceback" not in err
+
+
+# --- which images --in reads: the rule of pcdm eval (data.default_split) ----------------
+
+
+def make_npy_run(path: Path, train_file: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        model="w-pcdm",
+        levels=2,
+        image_shape=(1, 8, 8),
+        K=256,
+        width=8,
+        depth=1,
+        attention=False,
+        fourier=None,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_tensors(path / "model.safetensors", PCDM(cfg).state_dict())
+    checkpoint.write_json(
+        path / "config.json", {"model": cfg.to_dict(), "data": {"spec": str(train_file), "K": 256}}
+    )
+    return path
+
+
+def test_ood_in_other_file_uses_all_of_it_and_training_data_its_test_part(tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    train, other = tmp_path / "train.npy", tmp_path / "other.npy"
+    np.save(train, rng.integers(0, 256, (200, 8, 8), dtype=np.uint8))
+    np.save(other, rng.integers(0, 128, (40, 8, 8), dtype=np.uint8))
+    run = make_npy_run(tmp_path / "run", train)
+    common = ["--ood", "const", "--n-t", "1", "--min-images", "5", "--entropy-count", "1000", "--json"]
+    # Another file: every one of its 40 images, half reference, half negatives.
+    assert main(["ood", str(run), "--in", str(other), *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "all" and "not the run's training data" in out["split_reason"]
+    assert out["counts"]["in_available"] == 40
+    assert out["counts"]["reference"] == 20 and out["counts"]["negatives"] == 20 == out["n_in"]
+    assert out["counts"]["sets"]["const"]["negatives"] == out["n"]["const"] == 20
+    # The run's training data, named by another path to the same file: its held-out 10 %.
+    monkeypatch.chdir(tmp_path)
+    assert main(["ood", str(run), "--in", "./train.npy", *common]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["split"] == "test" and "held-out" in own["split_reason"]
+    assert own["counts"]["in_available"] == 20
+    assert own["counts"]["reference"] == 10 and own["counts"]["negatives"] == 10
+    # --split overrides the rule; the table states the counts.
+    assert main(["ood", str(run), "--in", str(other), "--split", "test", "--force", *common[:-1]]) == 0
+    table = capsys.readouterr().out
+    assert "split test: --split; 4 images read" in table
+    assert "n reference" in table and "n negatives" in table and "n OOD (of)" in table

@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
         dest="in_data",
         required=True,
         metavar="DATA",
-        help="in-distribution data (the model's training data set)",
+        help="in-distribution data: the model's training data (its held-out test part is used) "
+        "or any other DATA of the model's shape (all of it, unless --split)",
     )
     p.add_argument(
         "--ood",
@@ -58,9 +59,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--split",
-        default="test",
+        default=None,
         choices=["train", "test", "all"],
-        help="split of the in-distribution data for the reference and the negatives (default test)",
+        help="split of the in-distribution data for the reference and the negatives; default as "
+        "in pcdm eval: the run's own training data (the same dataset or path) → its held-out test "
+        "split, another named dataset → its test split, any other file or folder → all of it",
     )
     p.add_argument(
         "--min-images",

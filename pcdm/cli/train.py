@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomllib
 
-from .. import dist, registry
+from .. import dist, machine, registry
 from ..checkpoint import RunError, read_config
 from ..data import load, resolve_spec
 from ..evaluate import evaluate_run
@@ -242,5 +242,6 @@ def report_end(run: Path, cfg: TrainConfig, result: dict, device: str, n_images:
         f"  log:     {run / 'metrics.jsonl'}" + (f"; samples: {samples[-1]}" if samples else ""),
         f"  next:    pcdm eval {run}  |  pcdm sample {run} -n 64 --out samples.png  |  "
         f"pcdm compress {run} IMAGES -o out.pcdm",
+        f"  {machine.describe(result.get('machine'))}",  # last: what the timing is worth
     ]
     print("\n".join(lines), file=sys.stderr)

@@ -85,6 +85,20 @@ def has_own_splits(spec: str) -> bool:
     return str(spec).partition(":")[0] in DATASETS
 
 
+def default_split(spec: str | None, own_spec: str | None, split: str | None = None) -> tuple[str, str]:
+    """(split, reason) that ``pcdm eval`` and ``pcdm ood`` read from ``spec`` for a run trained
+    on ``own_spec`` (docs/math.md §9): ``split`` if given; the run's own data (``spec`` None,
+    or the same dataset or path) → its held-out test split; another named dataset → its test
+    split; any other file or folder → all of it."""
+    if split is not None:
+        return split, "--split"
+    if spec is None or (own_spec is not None and resolve_spec(spec) == resolve_spec(own_spec)):
+        return "test", "held-out part of the run's training data"
+    if has_own_splits(spec):
+        return "test", "the dataset's test split"
+    return "all", "not the run's training data: every image"
+
+
 def load(spec: str, split: str = "train", limit: int | None = None, download: bool = True) -> ImageSet:
     """Load ``split`` (``train``/``test``/``all``) of ``spec``, first ``limit`` images."""
     _check_split(split)
@@ -121,6 +135,7 @@ __all__ = [
     "read_image_folder",
     "skimage_patches",
     "split_bounds",
+    "default_split",
     "to_nchw",
     "to_nhwc",
 ]

@@ -1,7 +1,9 @@
 """The OOD experiment: which images play which part, one evaluation pass, the cache of
 what is fitted on held-out images, and the AUROC of every score against every OOD set.
 
-From the in-distribution DATA's ``test`` split of n images:
+From the n in-distribution images read from DATA (the split ``pcdm eval`` would read,
+``data.default_split``: the run's own training data → its held-out ``test`` split, any other
+file or folder → all of it, unless ``--split``):
 
     negatives  test[0 : m]          scored, labelled 0 (m ≤ n − n_H, or ``--limit``)
     reference  test[n − n_H : n]    held out: Ĥ (the mean NLL), the mean of every score for
@@ -205,6 +207,10 @@ class OODResult:
     in_name: str
     in_features: Features
     score_names: list[str]
+    in_split: str = "test"
+    in_split_reason: str = ""
+    in_available: int = 0  # images in the in-distribution split read (negatives + reference + unused)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # set → images used per side
     auroc: dict[str, dict[str, float]] = field(default_factory=dict)  # score → set → AUROC
     n: dict[str, int] = field(default_factory=dict)
     mean_bpd: dict[str, dict[str, float]] = field(default_factory=dict)  # set → feature → mean
@@ -229,6 +235,14 @@ class OODResult:
             "fitted_on": f"{self.entropy_n} held-out in-distribution images only",
             "in": self.in_name,
             "n_in": int(len(self.in_features["nll"])),
+            "split": self.in_split,
+            "split_reason": self.in_split_reason,
+            "counts": {
+                "in_available": self.in_available,
+                "reference": self.entropy_n,
+                "negatives": int(len(self.in_features["nll"])),
+                "sets": self.counts,
+            },
             "mean_bpd": {k: v["nll"] for k, v in means.items()},
             "mean_features": means,
             "adapted": self.adapted,
@@ -253,14 +267,17 @@ def run_ood(
     ema: bool = True,
     progress: bool = False,
     log: Callable[[str], None] = lambda s: None,
-    split: str = "test",
+    split: str | None = None,
     min_images: int = 20,
     force: bool = False,
     score_filter: list[str] | None = None,
 ) -> OODResult:
     """Score the in-distribution test images, the reference and every OOD set; AUROC of
-    every score (or of ``score_filter``'s, plus typ:nll and nll) per set."""
-    from ..data import load
+    every score (or of ``score_filter``'s, plus typ:nll and nll) per set. ``split`` None:
+    the rule of ``pcdm eval`` (``data.default_split``): the run's own training data → its
+    held-out test split, another named dataset → its test split, any other file or folder →
+    all of it (then split into negatives and reference as below)."""
+    from ..data import default_split, load
 
     if n_t < 1:
         raise ValueError(f"--n-t must be at least 1, got {n_t}")
@@ -286,6 +303,7 @@ def run_ood(
     K = model.config.K
     shape_hwc = (h, w, c)
 
+    split, split_reason = default_split(in_spec, (config.get("data") or {}).get("spec"), split)
     test = load(in_spec, split)
     if test.images.shape[1:] != shape_hwc or test.K != K:
         _, h0, w0, c0 = test.images.shape
@@ -337,6 +355,9 @@ def run_ood(
         entropy_n=len(held_out),
         entropy_cached=hit,
         in_name=f"{test.name}[:{m}]",
+        in_split=split,
+        in_split_reason=split_reason,
+        in_available=len(test),
         in_features=in_features,
         score_names=names,
         auroc={s: {} for s in names},
@@ -352,6 +373,11 @@ def run_ood(
             result.auroc[s][spec] = auroc(a, b)
             result.curves[spec][s] = roc_curve(a, b)
         result.n[spec] = int(len(i_in))
+        result.counts[spec] = {
+            "negatives": int(len(i_in)),
+            "ood": int(len(i_out)),
+            "ood_available": len(images),
+        }
         result.mean_bpd[spec] = {k: float(v.mean()) for k, v in out_features.items()}
         result.adapted[spec] = notes
     return result

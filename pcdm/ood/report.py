@@ -46,7 +46,8 @@ def format_table(result: OODResult) -> str:
     sets = list(result.n)
     width = max(10, *(len(s) for s in sets))
     lines = [
-        f"in-distribution: {result.in_name}, {len(nll)} images, mean {nll.mean():.4f} bpd",
+        f"in-distribution: {result.in_name}, {len(nll)} images as negatives, mean {nll.mean():.4f} bpd "
+        f"(split {result.in_split}: {result.in_split_reason}; {result.in_available} images read)",
         f"Ĥ = {result.entropy_bpd:.4f} bpd (mean over {result.entropy_n} held-out images"
         + (", cached)" if result.entropy_cached else ")"),
         "",
@@ -59,6 +60,13 @@ def format_table(result: OODResult) -> str:
         "",
         f"{'score':<16}" + "".join(f" {s[:width]:>{width}}" for s in sets),
         f"{'n per class':<16}" + "".join(f" {result.n[s]:>{width}}" for s in sets),
+        f"{'n reference':<16}" + "".join(f" {result.entropy_n:>{width}}" for s in sets),
+        f"{'n negatives':<16}" + "".join(f" {result.counts[s]['negatives']:>{width}}" for s in sets),
+        f"{'n OOD (of)':<16}"
+        + "".join(
+            f" {str(result.counts[s]['ood']) + '/' + str(result.counts[s]['ood_available']):>{width}}"
+            for s in sets
+        ),
         f"{'mean nll (bpd)':<16}" + "".join(f" {result.mean_bpd[s]['nll']:>{width}.4f}" for s in sets),
     ]
     for name in result.score_names:
