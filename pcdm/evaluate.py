@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_run
 from .classical import reference_bpd
 from .data import ImageSet, default_split, load, to_nchw
+from .machine import Monitor
 from .model import PCDM, to_bpd
 from .stats import standard_error
 
@@ -170,6 +171,7 @@ def evaluate_run(
     split, why = default_split(data_spec, own, split)  # the rule pcdm ood uses too
     data = load(spec, split, limit=limit)
     check_matches(model, data)
+    monitor = Monitor().start()  # what else used the cores while it timed (docs/math.md §10)
     if ode is not None:  # the PF-ODE bound and the ELBO on the same images (docs/math.md §12)
         per_image = per_image_ode_bpd(model, data.images, ode, batch_size=batch, n_t=n_t, progress=progress)
         out = summarize_ode(per_image)
@@ -177,6 +179,7 @@ def evaluate_run(
     else:
         per_image = per_image_bpd(model, data.images, n_t, steps, batch_size=batch, progress=progress)
         out = summarize(per_image)
+    out["machine"] = monitor.summary()
     out.update(dims=model.dims, data=data.name, split=split, split_reason=why, n_t=n_t, steps=steps)
     out.update(model=model.config.model)
     if compare_codecs and (reference := reference_bpd(data.images)):
