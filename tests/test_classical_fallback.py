@@ -178,3 +178,12 @@ def test_forged_compact_files_fail_in_one_line(fashion):
             if codec.pixel_crc(back) != h.pixel_crc:
                 raise codec.CodecError("pixel checksum mismatch")
         assert "\n" not in str(err.value), what
+
+
+def test_other_versions_are_refused_in_one_line():
+    blob = bytearray((FIXTURES / "classical_v3.pcdm").read_bytes())
+    for version in (1, 2, 5, 255):
+        blob[4] = version
+        with pytest.raises(codec.CodecError, match=f"unsupported .pcdm version {version}") as err:
+            codec.unpack(bytes(blob))
+        assert "\n" not in str(err.value)

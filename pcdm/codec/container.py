@@ -287,7 +287,9 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     if magic != MAGIC:
         raise CodecError("not a .pcdm file (bad magic bytes)")
     if version != VERSION:
-        raise CodecError(f"unsupported .pcdm version {version} (this build reads {VERSION} and {COMPACT_VERSION})")
+        raise CodecError(
+            f"unsupported .pcdm version {version} (this build reads {VERSION} and {COMPACT_VERSION})"
+        )
     if meta_len > len(data) - HEADER_SIZE:
         raise CodecError("corrupt .pcdm header: metadata length beyond the end of the file")
     meta = bytes(data[HEADER_SIZE : HEADER_SIZE + meta_len])
