@@ -5,7 +5,6 @@ stream decodes and the pixels match their CRC-32."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..classical import reference_bpd
 from ..codec.api import CONTAINERS, DEFAULT_LANES, DEFAULT_STEPS, compress_parts, decompress, matching_model
 from ..codec.files import read_input, write_output
 from ..data import DataError
+from ..machine import Monitor, default_threads
 
 
 def add_parser(sub) -> None:
@@ -100,10 +100,12 @@ def add_decompress_parser(sub) -> None:
 def run_compress(args) -> int:
     model, _ = load_run(args.run)
     images, h = read_input(args.input, model.config.K)
+    monitor = Monitor().start()  # what else used the cores while it coded (docs/math.md §10)
     blob, stats = compress_parts(
         args.run, model, images, h, args.steps, args.batch, _jobs(args.jobs),
         progress=not (args.quiet or args.json), ramp=args.ramp, container=args.container,
     )  # fmt: skip
+    stats["machine"] = monitor.summary()
     atomic_write(Path(args.output), lambda tmp: Path(tmp).write_bytes(blob))
     if reference := reference_bpd(images):  # classical lossless files of the same images
         stats["classical_bpd"] = reference
@@ -140,7 +142,7 @@ def run_compress(args) -> int:
 def _jobs(jobs: int) -> int:
     if jobs < 0:
         raise DataError(f"--jobs must be ≥ 0 (0: all cores), got {jobs}")
-    return jobs or os.cpu_count() or 1
+    return jobs or default_threads()  # the cores this process may use
 
 
 def run_decompress(args) -> int:
