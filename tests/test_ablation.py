@@ -50,6 +50,7 @@ def test_minutes_for_parsing(ablation):
         ablation.parse_args(["--variant", "x=gan:--width 3"])
 
 
+@pytest.mark.slow
 def test_ablation_end_to_end(ablation, tmp_path, capsys):
     results, work = tmp_path / "results", tmp_path / "work"
     common = ["--datasets", "digits", "--preset", "tiny", "--curve-limit", "50", "--ckpt-every", "5"]
@@ -128,6 +129,7 @@ def test_ablation_end_to_end(ablation, tmp_path, capsys):
     assert md.count("*Carried over from an earlier run*") == 1 and "## other-set" in md
 
 
+@pytest.mark.slow
 def test_budget_by_steps(ablation, tmp_path):
     """--budget steps: each run's speed is measured alone first and it trains for the steps
     the budget buys at that speed; the time axis is steps × measured seconds per step."""
@@ -146,6 +148,7 @@ def test_budget_by_steps(ablation, tmp_path):
     assert "Budget by steps" in (results / "ablation.md").read_text()
 
 
+@pytest.mark.slow
 def test_train_speed_script(capsys):
     """benchmarks/train_speed.py times real `pcdm train` steps and reports the ratio to vdm."""
     mod = load_benchmark("train_speed")
@@ -158,6 +161,7 @@ def test_train_speed_script(capsys):
     assert out["speedup_vs_vdm"]["w-pcdm"] == pytest.approx(sps["vdm"] / sps["w-pcdm"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_longer_pair_evaluates_the_checkpoint_each_minute_bought(tmp_path):
     """benchmarks/longer_pair.py: M minutes at s seconds per step → the last checkpoint at or
     below 60 M / s, evaluated; a run that was not trained that far is a clear error."""

@@ -1,0 +1,629 @@
+"""The experiment runner: one experiment file in, ``benchmarks/results/<experiment>/`` out.
+
+    python benchmarks/run.py benchmarks/experiments/standings_fashion-mnist.toml
+
+An experiment (``benchmarks/experiments/*.toml``, documented in ``benchmarks/experiments/README.md``)
+names the data, a budget, the runs (a model and its ModelConfig/TrainConfig overrides) and
+what to measure. The runner
+
+1. measures each run's seconds per training step alone, one run at a time, in this same
+   invocation (a budget given as time is converted to steps with these, so that the
+   comparison is at equal idle-machine time whatever else the machine does later);
+2. trains every run with ``pcdm train`` (``jobs`` side by side, ``threads`` each), reusing a
+   finished run trained with the same command (``--reuse``);
+3. evaluates in-process on the same held-out images and noise for every run: the bound
+   (bpd ± s.e., paired against the reference run), optionally at equal steps too, the
+   probability-flow ODE bound, sample quality (FID/KID) and sampling time;
+4. writes ``report.md`` (tables, the command, the machine) and ``runs.json`` (every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (benchmarks/ is not a package)
+
+ROOT = report.ROOT
+WORK = ROOT / "benchmarks" / "work"
+DONE = "runner_done.json"
+
+EXPERIMENT_KEYS = {"title", "question", "data", "preset", "seed", "threads", "jobs", "work", "budget", "eval"}
+EXPERIMENT_KEYS |= {"runs"}
+BUDGET_KEYS = {"steps", "minutes", "reference_steps", "speed_steps", "ckpt_every"}
+EVAL_KEYS = {"split", "limit", "n_t", "seed", "batch", "reference", "equal_steps", "ode", "fid", "sampling"}
+
+
+# --- the experiment file --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    name: str
+    model: str
+    overrides: dict = field(default_factory=dict)  # ModelConfig / TrainConfig fields
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    data: str
+    runs: list[Run]
+    question: str = ""
+    preset: str = "small"
+    seed: int = 0
+    threads: int = 1
+    jobs: int = 1
+    budget: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    work: str | None = None  # share the run folders (and measured speeds) of another experiment
+
+    @property
+    def folder(self) -> str:
+        return self.work or self.name
+
+    @property
+    def reference(self) -> str:
+        return self.eval.get("reference", self.runs[0].name)
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and check an experiment file; every mistake is one line naming the file."""
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such experiment file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SystemExit(f"{path}: not valid TOML ({err})") from None
+
+    def fail(msg: str):
+        raise SystemExit(f"{path}: {msg}")
+
+    for where, got, known in (
+        ("", d, EXPERIMENT_KEYS),
+        ("[budget] ", d.get("budget", {}), BUDGET_KEYS),
+        ("[eval] ", d.get("eval", {}), EVAL_KEYS),
+    ):
+        if unknown := sorted(set(got) - known):
+            fail(f"unknown {where}key(s) {', '.join(unknown)}")
+    runs = []
+    for i, r in enumerate(d.get("runs", [])):
+        if "name" not in r or "model" not in r:
+            fail(f"run {i + 1} needs a name and a model")
+        if unknown := sorted(set(r) - {"name", "model", "overrides"}):
+            fail(f"run {r['name']}: unknown key(s) {', '.join(unknown)}")
+        runs.append(Run(r["name"], r["model"], dict(r.get("overrides", {}))))
+    if not runs:
+        fail("no [[runs]]")
+    if len({r.name for r in runs}) != len(runs):
+        fail("two runs have the same name")
+    missing = [k for k in ("title", "data") if k not in d]
+    if missing:
+        fail(f"missing {', '.join(missing)}")
+    exp = Experiment(name=path.stem, runs=runs, **{k: v for k, v in d.items() if k != "runs"})
+    b = exp.budget
+    if sum(k in b for k in ("steps", "minutes", "reference_steps")) != 1:
+        fail("[budget] needs exactly one of steps, minutes, reference_steps")
+    if exp.reference not in {r.name for r in runs}:
+        fail(f"[eval] reference {exp.reference!r} is not a run")
+    return exp
+
+
+# --- budgets --------------------------------------------------------------------------------
+
+
+def steps_for(exp: Experiment, speeds: dict[str, float] | None) -> dict[str, int]:
+    """Training steps of every run. ``steps``: the same for all (equal steps). ``minutes``: M
+    minutes of idle-machine time at each run's measured s/step. ``reference_steps``: the
+    reference run gets N steps and every other run the time they take it, N × s_ref / s_run."""
+    b = exp.budget
+    if "steps" in b:
+        return {r.name: int(b["steps"]) for r in exp.runs}
+    if speeds is None:
+        raise ValueError("a time budget needs the measured speeds")
+    if "minutes" in b:
+        return {r.name: max(1, round(b["minutes"] * 60 / speeds[r.name])) for r in exp.runs}
+    ref = speeds[exp.reference]
+    return {r.name: max(1, round(b["reference_steps"] * ref / speeds[r.name])) for r in exp.runs}
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def run_dir(exp: Experiment, run: Run, work: Path = WORK) -> Path:
+    return work / exp.folder / run.name
+
+
+def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]:
+    """``pcdm train`` for one run: the preset, then the run's overrides as ``--config``."""
+    config = out.parent / f"{run.name}.config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(run.overrides, indent=2, sort_keys=True) + "\n")
+    ckpt = exp.budget.get("ckpt_every", max(1, steps // 10))
+    return [
+        "train",
+        "--model",
+        run.model,
+        "--data",
+        exp.data,
+        "--preset",
+        exp.preset,
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--seed",
+        str(exp.seed),
+        "--ckpt-every",
+        str(ckpt),
+        "--keep",
+        "1000",
+        "--log-every",
+        "10",
+        "--sample-steps",
+        "0",
+        "--device",
+        "cpu",
+    ]
+
+
+def _env(threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def step_times(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if "time_s" in r and "step" in r]
+    return np.array([r["step"] for r in rows], float), np.array([r["time_s"] for r in rows], float)
+
+
+def measure_speeds(exp: Experiment, work: Path, log=print) -> dict[str, float]:
+    """Seconds per step of every run, alone and one after another: steps 10 … 10 + n of a
+    short run (the first ten pay for start-up)."""
+    n = int(exp.budget.get("speed_steps", 30))
+    speeds = {}
+    for run in exp.runs:
+        out = work / exp.folder / f".speed_{run.name}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = train_command(exp, run, out, 10 + n)
+        _pcdm(cmd, _env(exp.threads), capture=True)
+        steps, times = step_times(out)
+        t10 = float(np.interp(10, steps, times))
+        speeds[run.name] = float((times[-1] - t10) / (steps[-1] - 10))
+        shutil.rmtree(out, ignore_errors=True)
+        log(f"  {run.name}: {speeds[run.name]:.4f} s/step alone")
+    return speeds
+
+
+def _pcdm(cmd: list[str], env: dict, capture: bool = False, stdout=None):
+    full = [sys.executable, "-m", "pcdm.cli", *cmd]
+    if capture:
+        proc = subprocess.run(full, capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(f"pcdm {shlex.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        return proc
+    return subprocess.Popen(full, stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, log=print) -> dict[str, dict]:
+    """Train every run (``jobs`` at a time); returns name → {dir, step, wall_s, command}."""
+    out, pending = {}, []
+    for run in exp.runs:
+        folder = run_dir(exp, run, work)
+        cmd = train_command(exp, run, folder, steps[run.name])
+        marker = folder / DONE
+        if reuse and marker.is_file() and json.loads(marker.read_text()).get("command") == cmd:
+            out[run.name] = json.loads(marker.read_text())
+            log(f"  {run.name}: reusing {folder}")
+            continue
+        pending.append((run, folder, cmd))
+    running = []
+    while pending or running:
+        while pending and len(running) < exp.jobs:
+            run, folder, cmd = pending.pop(0)
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            logfile = folder.parent / f"{run.name}.train.log"
+            log(f"  {run.name}: pcdm {shlex.join(cmd)}")
+            fh = open(logfile, "w")
+            running.append(
+                (run, folder, cmd, _pcdm(cmd, _env(exp.threads), stdout=fh), fh, logfile, time.time())
+            )
+        time.sleep(0.5)
+        for item in [r for r in running if r[3].poll() is not None]:
+            running.remove(item)
+            run, folder, cmd, proc, fh, logfile, t0 = item
+            fh.close()
+            if proc.returncode != 0:
+                tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-15:])
+                raise SystemExit(
+                    f"training {run.name} failed (exit {proc.returncode}); see {logfile}:\n{tail}"
+                )
+            done = {
+                "dir": str(folder),
+                "command": cmd,
+                "step": steps[run.name],
+                "wall_s": round(time.time() - t0, 1),
+            }
+            (folder / DONE).write_text(json.dumps(done, indent=2) + "\n")
+            out[run.name] = done
+            log(f"  {run.name}: {done['step']} steps in {done['wall_s']:.0f} s")
+    return out
+
+
+def checkpoint_at(folder: Path, step: int) -> tuple[int, Path]:
+    """The newest complete checkpoint at or below ``step``."""
+    found = []
+    for d in sorted((folder / "ckpt").glob("step_*")):
+        if (d / "state.json").is_file() and int(d.name.split("_")[1]) <= step:
+            found.append((int(d.name.split("_")[1]), d))
+    if not found:
+        raise SystemExit(f"{folder} has no checkpoint at or below step {step}")
+    return found[-1]
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def evaluate(exp: Experiment, trained: dict[str, dict], log=print) -> dict:
+    """Every measurement the experiment asks for, on the same images and draws for all runs."""
+    from pcdm import stats
+    from pcdm.checkpoint import load_run
+    from pcdm.data import load
+    from pcdm.evaluate import check_matches, per_image_bpd, summarize
+
+    e = exp.eval
+    data = load(exp.data, e.get("split", "test"), limit=e.get("limit"))
+    seed, n_t, batch = e.get("seed", 0), e.get("n_t", 1), e.get("batch", 128)
+    results = {"data": data.name, "split": e.get("split", "test"), "n_images": len(data.images), "runs": {}}
+    per_image = {}
+    last = min(t["step"] for t in trained.values())  # equal steps: the largest step all runs saved
+    common = min(checkpoint_at(Path(t["dir"]), last)[0] for t in trained.values())
+    for run in exp.runs:
+        folder = Path(trained[run.name]["dir"])
+        model, _ = load_run(folder)
+        check_matches(model, data)
+        log(f"  {run.name}: bound on {len(data.images)} images")
+        pi = per_image_bpd(model, data.images, n_t=n_t, batch_size=batch, seed=seed, desc=run.name)
+        per_image[run.name] = pi["bpd"]
+        r = {"model": run.model, "overrides": run.overrides, "step": trained[run.name]["step"]}
+        r["train_wall_s"] = trained[run.name].get("wall_s")
+        r["bound"] = {k: v for k, v in summarize(pi).items()}
+        if e.get("equal_steps") and common < trained[run.name]["step"]:
+            step, ckpt = checkpoint_at(folder, common)
+            m, _ = load_run(ckpt)
+            eq = per_image_bpd(
+                m, data.images, n_t=n_t, batch_size=batch, seed=seed, desc=f"{run.name}@{step}"
+            )
+            r["equal_steps"] = {"step": step, **summarize(eq)}
+            per_image[run.name + "@equal"] = eq["bpd"]
+        elif e.get("equal_steps"):
+            r["equal_steps"] = {"step": trained[run.name]["step"], **r["bound"]}
+            per_image[run.name + "@equal"] = pi["bpd"]
+        if measured(e, "ode", run):
+            r["ode"] = ode_bound(model, data.images, e["ode"], seed, log)
+        if measured(e, "sampling", run):
+            r["sampling"] = sampling_time(model, e["sampling"], seed, log)
+        if measured(e, "fid", run):
+            r["fid"] = sample_quality(model, exp.data, e["fid"], seed, log)
+        results["runs"][run.name] = r
+    ref = exp.reference
+    for run in exp.runs:
+        r = results["runs"][run.name]
+        if run.name != ref:
+            r["vs_reference"] = stats.paired(per_image[run.name], per_image[ref])
+            if e.get("equal_steps"):
+                r["equal_steps"]["vs_reference"] = stats.paired(
+                    per_image[run.name + "@equal"], per_image[ref + "@equal"]
+                )
+    return results
+
+
+def measured(e: dict, what: str, run: Run) -> bool:
+    """Whether the experiment measures ``what`` for this run (``runs = [...]`` limits a measure)."""
+    return what in e and run.name in e[what].get("runs", [run.name])
+
+
+def ode_bound(model, images: np.ndarray, opts: dict, seed: int, log) -> dict:
+    """The PF-ODE bound and the ELBO on the first ``limit`` images (docs/math.md §12)."""
+    from pcdm.evaluate import per_image_ode_bpd, summarize_ode
+    from pcdm.ode import ODEOptions
+
+    options = ODEOptions(**{k: v for k, v in opts.items() if k not in ("limit", "batch", "runs")})
+    x = images[: opts.get("limit", len(images))]
+    log(f"    ODE bound on {len(x)} images")
+    out = summarize_ode(per_image_ode_bpd(model, x, options, batch_size=opts.get("batch", 64), seed=seed))
+    return {**out, "options": asdict(options)}
+
+
+def _samplers(specs: list[str]) -> list[tuple[str, int]]:
+    out = []
+    for spec in specs:
+        name, _, steps = spec.partition(":")
+        if name not in ("ancestral", "heun") or not steps.isdigit():
+            raise SystemExit(f"sampler {spec!r}: expected ancestral:T or heun:N")
+        out.append((name, int(steps)))
+    return out
+
+
+def sampling_time(model, opts: dict, seed: int, log) -> dict:
+    """Seconds to draw ``n`` images with each sampler, one batch, this process's threads."""
+    import torch
+
+    from pcdm import edm
+
+    n, out = int(opts.get("n", 64)), {}
+    for name, steps in _samplers(opts.get("samplers", ["heun:18", "ancestral:256"])):
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        edm.draw(model, n, name, steps, 0.0, g)
+        seconds = time.perf_counter() - t0
+        out[f"{name}:{steps}"] = {
+            "n": n,
+            "seconds": round(seconds, 3),
+            "seconds_per_image": seconds / n,
+            "evaluations_per_level": edm.evaluations_per_level(name, steps),
+        }
+        log(f"    {name}:{steps}: {seconds:.1f} s for {n} images")
+    return out
+
+
+def sample_quality(model, spec: str, opts: dict, seed: int, log) -> dict:
+    """Domain (or Inception) FID and KID of ``n`` samples per sampler against the training split."""
+    import torch
+
+    from pcdm import edm
+    from pcdm.features import domain_space, inception_space
+    from pcdm.fid import Reference, score
+
+    n = int(opts.get("n", 2000))
+    ref = Reference(spec, opts.get("ref_split", "train"), opts.get("n_ref"))
+    if opts.get("features", "domain") == "inception":
+        space = inception_space(opts.get("inception_weights"))
+    else:
+        space = domain_space(ref.spec, log=log)
+    out = {}
+    for name, steps in _samplers(opts.get("samplers", ["heun:18"])):
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        x = edm.draw(model, n, name, steps, 0.0, g, batch=opts.get("batch", 500))
+        seconds = time.perf_counter() - t0
+        s = score(x, model.config.K, space, ref, progress=False)
+        s.update(sample_seconds=round(seconds, 2), classifier_test_accuracy=getattr(space, "accuracy", None))
+        out[f"{name}:{steps}"] = s
+        log(f"    {name}:{steps}: {s['metric']} {s['fid']:.3f}, KID {s['kid']:.5f} (N = {n})")
+    return out
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
+    fmt, ref = report.fmt, exp.reference
+    b = exp.budget
+    if "steps" in b:
+        budget = f"{b['steps']} training steps each (equal steps)"
+    elif "minutes" in b:
+        budget = f"{b['minutes']} minutes of idle-machine time each (steps from the s/step measured alone)"
+    else:
+        budget = (
+            f"the time {ref} takes for {b['reference_steps']} steps, converted to each run's steps by the "
+            "s/step measured alone in this run (equal idle-machine time)"
+        )
+    lines = [f"# {exp.title}", ""]
+    if exp.question:
+        lines += [exp.question, ""]
+    m = res["machine"]
+    lines += [
+        f"Experiment `benchmarks/experiments/{exp.name}.toml`, run by `{report.command_line(argv)}` on "
+        f"{m['date']} ({m['platform']}, Python {m['python']}, torch {m['torch']}, {m['cores_allowed']} cores "
+        f"allowed; {exp.jobs} training job(s) side by side, {exp.threads} thread(s) each).",
+        "",
+        f"Data: {res['data']}, preset `{exp.preset}`, seed {exp.seed}. Budget: {budget}. Evaluation: "
+        f"{res['n_images']} images of the {res['split']} split, {exp.eval.get('n_t', 1)} draw(s) of t per "
+        f"image, the same images and noise for every run; differences and ratios are paired against "
+        f"**{ref}** (± one standard error).",
+        "",
+        "## The bound",
+        "",
+    ]
+    rows = []
+    for run in exp.runs:
+        r = res["runs"][run.name]
+        bd, vs = r["bound"], r.get("vs_reference")
+        s = res["speeds"].get(run.name) if res.get("speeds") else None
+        rows.append(
+            [
+                run.name,
+                run.model,
+                r["step"],
+                fmt(s, digits=4) if s else "—",
+                fmt(bd["bpd"], bd["bpd_se"]),
+                fmt(bd.get("bpd_recon")),
+                fmt(vs["difference"], vs["difference_se"]) if vs else "—",
+                fmt(vs["ratio"], vs["ratio_se"]) if vs else "reference",
+            ]
+        )
+    lines += report.table(
+        ["run", "model", "steps", "s/step alone", "test bpd", "recon", f"− {ref}", f"÷ {ref}"],
+        rows,
+        "llrrrrrr",
+    )
+    if exp.eval.get("equal_steps"):
+        lines += ["", "## At equal steps", ""]
+        rows = []
+        for run in exp.runs:
+            q = res["runs"][run.name]["equal_steps"]
+            vs = q.get("vs_reference")
+            rows.append(
+                [
+                    run.name,
+                    q["step"],
+                    fmt(q["bpd"], q["bpd_se"]),
+                    fmt(vs["ratio"], vs["ratio_se"]) if vs else "reference",
+                ]
+            )
+        lines += report.table(["run", "step", "test bpd", f"÷ {ref}"], rows)
+    if "ode" in exp.eval:
+        lines += ["", "## Probability-flow ODE bound (docs/math.md §12)", ""]
+        rows = []
+        for run in exp.runs:
+            if (o := res["runs"][run.name].get("ode")) is None:
+                continue
+            rows.append(
+                [
+                    run.name,
+                    o["n_images"],
+                    fmt(o["bpd"], o["bpd_se"]),
+                    fmt(o["elbo_bpd"], o["elbo_bpd_se"]),
+                    fmt(o["ode_minus_elbo"], o["ode_minus_elbo_se"]),
+                    f"{o['nfe']:.0f}",
+                    fmt(o["seconds"], digits=3),
+                ]
+            )
+        lines += report.table(
+            ["run", "images", "ODE bpd", "ELBO bpd", "ODE − ELBO", "NFE", "s / image"], rows
+        )
+        lines += [
+            "",
+            "Both bounds are upper bounds on −log₂ P(x)/d of the same images; the ODE's comes from "
+            "variational dequantization through the model's own q(z₀ | x).",
+        ]
+    if "fid" in exp.eval:
+        lines += ["", "## Sample quality", ""]
+        rows = []
+        for run in exp.runs:
+            for key, s in res["runs"][run.name].get("fid", {}).items():
+                rows.append(
+                    [
+                        run.name,
+                        key,
+                        s["n"],
+                        fmt(s["fid"], digits=2),
+                        fmt(s["kid"], s["kid_std"], digits=5),
+                        fmt(s["sample_seconds"] / s["n"], digits=4),
+                    ]
+                )
+        first = next(s for r in res["runs"].values() for s in r.get("fid", {}).values())
+        lines += report.table(["run", "sampler", "N", first["metric"], "KID", "s / image"], rows, "llrrrr")
+        if first["features"] != "inception":
+            acc = first.get("classifier_test_accuracy")
+            lines += [
+                "",
+                f"**{first['metric']}** is a Fréchet distance in the features of a small classifier "
+                f"trained on {first['ref']}'s labels (test accuracy {acc:.3f}), against {first['n_ref']} "
+                "training images: comparable between the rows of this table, not with published "
+                "Inception FIDs.",
+            ]
+    if "sampling" in exp.eval:
+        lines += ["", "## Sampling time", ""]
+        rows = []
+        for run in exp.runs:
+            for key, s in res["runs"][run.name].get("sampling", {}).items():
+                rows.append([run.name, key, s["evaluations_per_level"], s["n"], fmt(s["seconds"], digits=2)])
+        lines += report.table(
+            ["run", "sampler", "network evaluations per level", "images", "seconds"], rows, "llrrr"
+        )
+    lines += ["", "Runs (git-ignored folders):", ""]
+    lines += [f"- {run.name}: `pcdm {shlex.join(res['runs'][run.name]['command'])}`" for run in exp.runs]
+    return lines
+
+
+def plot_fid(exp: Experiment, res: dict, path: Path) -> bool:
+    """FID against Heun steps per run, when the experiment asks for more than one step count."""
+    curves = {}
+    for run in exp.runs:
+        pts = [
+            (int(k.split(":")[1]), s["fid"])
+            for k, s in res["runs"][run.name].get("fid", {}).items()
+            if k.startswith("heun:")
+        ]
+        if len(pts) > 1:
+            curves[run.name] = sorted(pts)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, pts in curves.items():
+        ax.plot(*zip(*pts), marker="o", label=name)
+    first = next(s for r in res["runs"].values() for s in r.get("fid", {}).values())
+    ax.set(xlabel="Heun σ grid points per level", ylabel=first["metric"], xscale="log", title=exp.title[:60])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", type=Path, help="benchmarks/experiments/NAME.toml")
+    p.add_argument("--reuse", action="store_true", help="keep runs already trained with the same command")
+    p.add_argument("--work", type=Path, default=WORK, help="run folders (git-ignored)")
+    p.add_argument("--results", type=Path, default=report.RESULTS, help="results root")
+    p.add_argument("--dry-run", action="store_true", help="print the training commands and stop")
+    args = p.parse_args(argv)
+    exp = load_experiment(args.experiment)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    speeds = None
+    cache = args.work / exp.folder / "speeds.json"
+    if "steps" not in exp.budget and not args.dry_run:
+        saved = json.loads(cache.read_text()) if args.reuse and cache.is_file() else {}
+        if all(r.name in saved for r in exp.runs):
+            speeds = {r.name: saved[r.name] for r in exp.runs}
+            log(f"{exp.name}: reusing the seconds per step measured in {cache}")
+        else:
+            log(f"{exp.name}: measuring seconds per step, one run at a time")
+            speeds = measure_speeds(exp, args.work, log)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({**saved, **speeds}, indent=2) + "\n")
+    steps = steps_for(exp, speeds) if speeds or "steps" in exp.budget else {r.name: 0 for r in exp.runs}
+    if args.dry_run:
+        for run in exp.runs:
+            print(
+                "pcdm "
+                + shlex.join(train_command(exp, run, run_dir(exp, run, args.work), steps[run.name] or 1))
+            )
+        return 0
+    log(f"{exp.name}: training {', '.join(f'{k}={v}' for k, v in steps.items())} steps")
+    trained = train_all(exp, steps, args.work, args.reuse, log)
+    log(f"{exp.name}: evaluating")
+    res = evaluate(exp, trained, log)
+    res.update(experiment=exp.name, machine=report.machine(), speeds=speeds, steps=steps)
+    for run in exp.runs:
+        res["runs"][run.name]["command"] = trained[run.name]["command"]
+    folder = args.results / exp.name
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = markdown(exp, res, ["benchmarks/run.py", *argv])
+    if plot_fid(exp, res, folder / "fid_vs_steps.png"):
+        lines += ["", "![FID against Heun steps](fid_vs_steps.png)"]
+    path = report.write(folder, res, lines)
+    log(f"wrote {path} and {folder / 'runs.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
