@@ -279,10 +279,10 @@ REFERENCE_MAX = 5000  # images: a classical reference beside a result only when 
 
 
 def reference_bpd(images: np.ndarray) -> dict[str, float] | None:
-    """PNG and JPEG-XL lossless bpd of ``images`` (each its own file), the reference point
+    """PNG, lossless WebP and JPEG-XL bpd of ``images`` (each its own file), the reference point
     printed beside a bound or a code length; None when there are more than REFERENCE_MAX
-    images or neither codec is available."""
-    names = [c for c in ("png", "jpegxl") if c in available_codecs()]
+    images or none of the codecs is available (the three the .pcdm container picks from)."""
+    names = [c for c in ("png", "webp", "jpegxl") if c in available_codecs()]
     if not names or len(images) > REFERENCE_MAX:
         return None
     table = compare(images, codecs=names, progress=False)
