@@ -193,3 +193,21 @@ def test_training_reports_a_burner_on_its_core_and_none_alone(tmp_path):
     assert clean["disturbed"] is False and clean["other_cores"] <= machine.THRESHOLD
     assert last.strip().startswith("machine idle: other processes used")
     assert clean["steps"] > busy["steps"]  # the burner cost the busy run steps
+
+
+def test_training_records_the_machine_and_a_resume_keeps_the_earlier_session(tmp_path, capsys):
+    from pcdm.cli import main
+
+    run = tmp_path / "run"
+    args = ["--data", "digits", "--preset", "tiny", "--sample-steps", "0", "--device", "cpu"]
+    assert main(["train", "--out", str(run), *args, "--steps", "3"]) == 0
+    first = json.loads((run / "machine.json").read_text())
+    assert first["steps"] == 3 and first["wall_s"] > 0 and first["cpu_s"] > 0
+    assert first["cores_allowed"] == len(os.sched_getaffinity(0)) >= first["threads"]
+    assert capsys.readouterr().err.strip().splitlines()[-1].lstrip().startswith("machine ")
+    assert main(["train", "--resume", str(run), "--steps", "5"]) == 0
+    record = json.loads((run / "machine.json").read_text())
+    assert record["steps"] == 2  # this session's steps only
+    assert [e["steps"] for e in record["earlier"]] == [3]
+    clean = not first["disturbed"] and not record["disturbed"]  # either session taints the run
+    assert (machine.disturbance(record) is None) == clean
