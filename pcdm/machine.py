@@ -110,15 +110,16 @@ def _proc_cpu(pid: int, tick: float) -> float:
 def tree_cpu(root: int) -> float:
     """CPU seconds of ``root`` and its descendants (reaped children included); for this
     process itself, ``os.times()`` (exact, and all there is without /proc)."""
-    total, todo = 0.0, [root]
     if root == os.getpid():
         t = os.times()
-        total, todo = t.user + t.system + t.children_user + t.children_system, []
+        total = t.user + t.system + t.children_user + t.children_system
         if not os.path.isdir("/proc"):
             return total
+        kids = _children()
+        todo = list(kids.get(root, ()))  # live children: their own stat lines
+    else:
+        total, kids, todo = 0.0, _children(), [root]
     tick = os.sysconf("SC_CLK_TCK")
-    kids = _children()
-    todo.extend(kids.get(root, ()) if not todo else ())
     while todo:
         pid = todo.pop()
         total += _proc_cpu(pid, tick)
