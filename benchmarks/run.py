@@ -42,7 +42,7 @@ DONE = "runner_done.json"
 
 EXPERIMENT_KEYS = {"title", "question", "data", "preset", "seed", "threads", "jobs", "work", "budget", "eval"}
 EXPERIMENT_KEYS |= {"runs"}
-BUDGET_KEYS = {"steps", "minutes", "reference_steps", "speed_steps", "ckpt_every"}
+BUDGET_KEYS = {"steps", "minutes", "reference_steps", "reference", "speed_steps", "ckpt_every"}
 EVAL_KEYS = {"split", "limit", "n_t", "seed", "batch", "reference", "equal_steps", "ode", "fid", "sampling"}
 
 
@@ -118,8 +118,9 @@ def load_experiment(path: Path) -> Experiment:
     b = exp.budget
     if sum(k in b for k in ("steps", "minutes", "reference_steps")) != 1:
         fail("[budget] needs exactly one of steps, minutes, reference_steps")
-    if exp.reference not in {r.name for r in runs}:
-        fail(f"[eval] reference {exp.reference!r} is not a run")
+    for where, name in (("[eval]", exp.reference), ("[budget]", b.get("reference", exp.reference))):
+        if name not in {r.name for r in runs}:
+            fail(f"{where} reference {name!r} is not a run")
     return exp
 
 
@@ -129,7 +130,8 @@ def load_experiment(path: Path) -> Experiment:
 def steps_for(exp: Experiment, speeds: dict[str, float] | None) -> dict[str, int]:
     """Training steps of every run. ``steps``: the same for all (equal steps). ``minutes``: M
     minutes of idle-machine time at each run's measured s/step. ``reference_steps``: the
-    reference run gets N steps and every other run the time they take it, N × s_ref / s_run."""
+    budget's reference run (default: the evaluation's) gets N steps and every other run the
+    time they take it, N × s_ref / s_run."""
     b = exp.budget
     if "steps" in b:
         return {r.name: int(b["steps"]) for r in exp.runs}
@@ -137,7 +139,7 @@ def steps_for(exp: Experiment, speeds: dict[str, float] | None) -> dict[str, int
         raise ValueError("a time budget needs the measured speeds")
     if "minutes" in b:
         return {r.name: max(1, round(b["minutes"] * 60 / speeds[r.name])) for r in exp.runs}
-    ref = speeds[exp.reference]
+    ref = speeds[b.get("reference", exp.reference)]
     return {r.name: max(1, round(b["reference_steps"] * ref / speeds[r.name])) for r in exp.runs}
 
 
@@ -425,7 +427,8 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         budget = f"{b['minutes']} minutes of idle-machine time each (steps from the s/step measured alone)"
     else:
         budget = (
-            f"the time {ref} takes for {b['reference_steps']} steps, converted to each run's steps by the "
+            f"the time {b.get('reference', ref)} takes for {b['reference_steps']} steps, converted to each "
+            "run's steps by the "
             "s/step measured alone in this run (equal idle-machine time)"
         )
     lines = [f"# {exp.title}", ""]
