@@ -10,6 +10,10 @@ A run folder holds
     ckpt/step_XXXXXXXX/  full training state: weights, EMA, optimiser (safetensors),
                          state.json (step, RNG states, data position)
 
+A per-level run (``pcdm train --levels-only``, ``"per_level": true`` in config.json) holds
+instead one such set per level under ``levels/level_K/`` (see pcdm/levels.py); loading it
+assembles every level's newest complete weights and refuses a level never trained.
+
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash (even ``kill -9``) leaves either the old file or the new one, never half of one.
 """
@@ -122,6 +126,8 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
     and load its (EMA) weights; returns (model, config)."""
     run, weights = split_run(run)
     config = read_config(run)
+    if config.get("per_level"):
+        return _load_per_level(run, config, ema, device)
     if weights == run and saved_step(run / "ema.safetensors") != saved_step(run / "model.safetensors"):
         # The two top-level mirrors are from different steps (a crash between their two
         # renames): the newest complete checkpoint holds a consistent pair.
@@ -132,6 +138,22 @@ def load_run(run: Path, ema: bool = True, device: str | torch.device = "cpu") ->
         raise RunError(f"{run / 'config.json'} has an invalid model config: {err}") from None
     name = "ema.safetensors" if ema and (weights / "ema.safetensors").exists() else "model.safetensors"
     load_weights(model, weights / name)
+    return model.to(device).eval(), config
+
+
+def _load_per_level(run: Path, config: dict, ema: bool, device) -> tuple[PCDM, dict]:
+    from . import levels
+
+    try:
+        model = PCDM(ModelConfig.from_dict(config["model"]))
+    except (TypeError, KeyError, ValueError) as err:
+        raise RunError(f"{run / 'config.json'} has an invalid model config: {err}") from None
+    state = levels.assemble_state(run, model, ema)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0].strip()
+        raise RunError(f"{run}: its levels' weights do not match config.json: {first}") from None
     return model.to(device).eval(), config
 
 
@@ -153,6 +175,8 @@ def weight_files(run: Path) -> list[Path]:
     """Every weights file of a run, newest first: top-level EMA and raw weights, then each
     checkpoint's (for finding the weights a .pcdm file was made with)."""
     run, _ = split_run(run)
+    if (run / "levels").is_dir() and not (run / "model.safetensors").exists():
+        return []  # a per-level run: its weights are only meaningful assembled (load_run)
     files = [run / "ema.safetensors", run / "model.safetensors"]
     for ck in sorted((run / "ckpt").glob("step_*"), reverse=True):
         files += [ck / "ema.safetensors", ck / "model.safetensors"]

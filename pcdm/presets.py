@@ -61,6 +61,16 @@ PRESETS["tiny"] = {  # for tests and smoke runs
     "train": dict(lr=2e-3, weight_decay=0.0, beta2=0.99, ema=0.99, batch=16, warmup=10, grad_clip=1.0),
 }
 
+# The best CPU settings found so far (docs/math.md §10): lp-pcdm, no attention (at full
+# resolution it costs about half a CPU step), a narrow full-resolution detail network, and
+# importance-sampled diffusion times. Trains lockstep or level by level (--levels-only).
+PRESETS["lp-pcdm-cpu"] = {
+    "model": dict(
+        model="lp-pcdm", levels=2, width=32, detail_width=16, depth=2, attention=False, dropout=0.0
+    ),
+    "train": dict(PRESETS["small"]["train"], t_sampling="importance"),
+}
+
 
 def get_preset(name: str) -> dict:
     if name in PRESETS:

@@ -29,11 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from . import dist, edm, machine
+from . import dist, edm, levels, machine
 from .checkpoint import (
     RunError,
     atomic_write,
     latest_checkpoint,
+    load_tensors,
     restore_checkpoint,
     save_checkpoint,
     write_json,
@@ -68,6 +69,10 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before giving up
     tensorboard: bool = False
     t_sampling: str = "uniform"  # uniform | importance (per-level time density, unbiased)
+    # per-level training (docs/math.md §10, "Per-level training"; pcdm/levels.py)
+    levels_only: str | None = None  # "s[,s…]": train only these levels' networks, into RUN/levels/
+    level_budget: str | None = None  # auto | proportional | W0:W1:…: split --steps/--minutes over levels
+    level_rounds: int = 8  # rounds of --level-budget auto
 
 
 # --- deterministic data order --------------------------------------------------------
@@ -146,7 +151,11 @@ def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
     save_grid(x, path, K=model.config.K)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = False, device="auto") -> dict:
+def train(
+    model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = False, device="auto", level=None
+) -> dict:
+    """Train every level in lockstep, or (``level`` = k) only level k's network into
+    RUN/levels/level_k/ (docs/math.md §10, "Per-level training")."""
     device = dist.init(device)
     rank, world = dist.rank(), dist.world()
     machine.cap_torch_threads()  # threads from the cores this process may use (docs/math.md §10)
@@ -157,14 +166,34 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         # EDM's preconditioning needs each level's data RMS: measured once, stored in config.json
         model_cfg.sigma_data = edm.measure_sigma_data(PCDM(model_cfg), images[:10000])
     model = PCDM(model_cfg).to(device)
+    full, top = model, Path(run)
+    if level is not None:  # only level k's parameters train; its files live in its own folder
+        if model_cfg.objective == "edm":
+            raise ValueError("--levels-only trains the bound (objective elbo)")
+        if not 0 <= level < len(model.level_shapes):
+            raise ValueError(f"level {level} is not a level of this {len(model.level_shapes)}-level model")
+        model = levels.LevelPart(full, level)
+        run = levels.level_dir(top, level)
+        if not resume and latest_checkpoint(run) is not None:
+            raise ValueError(
+                f"level {level} of {top} is already trained; use --resume {top} --levels-only {level}"
+            )
     ema = AveragedModel(model, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2))
     if cfg.t_sampling not in ("uniform", "importance"):
         raise ValueError(f"--t-sampling must be uniform or importance, got {cfg.t_sampling!r}")
     if cfg.t_sampling == "importance" and model_cfg.objective == "edm":
         raise ValueError("--t-sampling importance applies to the elbo objective (edm draws σ log-normally)")
-    sampler = TimeSampler(len(model.level_shapes)) if cfg.t_sampling == "importance" else None
+    sampler = TimeSampler(len(full.level_shapes)) if cfg.t_sampling == "importance" else None
     step = 0
+    if not resume and level is not None and level != levels.OWNER:
+        try:  # γ frozen at the owner's newest weights (every rank), else the initial γ
+            owned = load_tensors(levels.level_weights_file(top, levels.OWNER))
+            gamma = {n[len("schedule.") :]: t for n, t in owned.items() if n.startswith("schedule.")}
+            full.schedule.load_state_dict(gamma)
+            ema.module.schedule.load_state_dict(gamma)
+        except RunError:
+            pass
     if resume:
         state = restore_checkpoint(run, world, model, ema, opt, device)
         step = state["step"]
@@ -174,6 +203,21 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             sampler.load_state_dict(state["time_sampler"])
         if dist.is_main():
             _truncate_metrics(run / "metrics.jsonl", step)
+    elif dist.is_main() and level is not None:
+        run_config = {
+            "model": model_cfg.to_dict(),
+            "train": asdict(cfg),
+            "data": {
+                "spec": cfg.data,
+                "K": data.K,
+                "shape": list(data.shape_chw),
+                "n_train": len(data.images),
+            },
+            "per_level": True,
+        }
+        levels.create_run_config(top, run_config)
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "train.json", asdict(cfg))
     elif dist.is_main():
         run.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -195,10 +239,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
         state = {"seed": cfg.seed, "world": world}
         return state if sampler is None else {**state, "time_sampler": sampler.state_dict()}
 
-    ddp = DistributedDataParallel(model) if world > 1 else model
+    net = full if level is None else levels.LevelLoss(full, level)
+    ddp = DistributedDataParallel(net) if world > 1 else net
+    if world > 1:
+        dist.barrier()  # rank 0 made the level's folder
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     global_batch = cfg.batch * world
-    n_params = count_parameters(model)
+    n_params = count_parameters(full)
     dist.print0(
         f"pcdm train: {model_cfg.model}, {n_params / 1e6:.3f}M parameters, {len(images)} images "
         f"{tuple(data.shape_chw)} K={data.K}, world {world}, global batch {global_batch * cfg.accum}"
@@ -229,18 +276,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             x = images[idx[rank * cfg.batch : (rank + 1) * cfg.batch]].to(device)
             torch.manual_seed(dropout_seed(cfg.seed, step, m, rank))
             g = torch.Generator().manual_seed(noise_seed(cfg.seed, step, m))
-            noise = Noise.draw((global_batch, *x.shape[1:]), len(model.level_shapes), g)
+            noise = Noise.draw((global_batch, *x.shape[1:]), len(full.level_shapes), g)
             if sampler is not None:  # the same draw on every rank, before slicing
                 noise = Noise(noise.eps0, noise.eps, *sampler.transform(noise.t))
             noise = noise.slice(rank * cfg.batch, (rank + 1) * cfg.batch).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, bound = _loss(ddp, x, noise)
+                loss, bound = _loss(ddp, x, noise) if level is None else _level_loss(ddp, x, noise)
             if sampler is not None:  # ℓ_k(t) = weighted term / weight, binned by t
                 new = sampler.statistics(noise.t, bound.extras["diffusion_levels"].T / noise.w)
                 stats = new if stats is None else tuple(a + b for a, b in zip(stats, new))
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
-            for k, v in (bound.bpd() if bound is not None else {}).items():  # an EDM loss is no bound
+            reported = {"level_bpd": loss} if level is not None else bound.bpd() if bound is not None else {}
+            for k, v in reported.items():  # an EDM loss is no bound
                 terms[k] = terms.get(k, 0.0) + float(v.detach().mean()) / cfg.accum
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         finite = dist.all_true(bool(torch.isfinite(total)) and bool(torch.isfinite(gnorm)), device)
@@ -281,7 +329,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
             "lr": lr_at(step - 1, cfg),
             "grad_norm": float(gnorm),
             **terms,
-            **gamma_ends(model),
+            **gamma_ends(full),
         }
         if log and (step % cfg.log_every == 0 or step == cfg.steps):
             last["time_s"] = round(time.time() - start, 2)
@@ -292,7 +340,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
                     writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.ckpt_every == 0 and dist.is_main():
             save_checkpoint(run, step, model, ema, opt, extra_state(), cfg.keep)
-        if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main():
+        if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main() and level is None:
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
     bar.close()
     summary = monitor.summary() if monitor is not None else None
@@ -303,7 +351,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = Fa
     if dist.is_main():
         if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"step_{step:08d}":
             save_checkpoint(run, step, model, ema, opt, extra_state(), cfg.keep)
-        if cfg.sample_steps > 0:
+        if cfg.sample_steps > 0 and level is None:  # a level alone cannot sample
             sample_grid(ema.module, run / "samples" / f"step_{step:08d}.png", 36, cfg.sample_steps, cfg.seed)
         log.close()
         if writer:
@@ -336,6 +384,13 @@ def _write_machine(path: Path, summary: dict) -> None:
         except (json.JSONDecodeError, AttributeError):
             pass
     write_json(path, {**summary, "earlier": earlier} if earlier else summary)
+
+
+def _level_loss(ddp, x, noise):
+    """One level's job: its share of the bound (docs/math.md §10), in bpd of the image."""
+    core = ddp.module if isinstance(ddp, DistributedDataParallel) else ddp
+    nats, bound = ddp(x, noise=noise)
+    return to_bpd(nats, core.dims).mean(), bound
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomllib
 
-from .. import dist, machine, registry
+from .. import dist, levels, machine, registry
 from ..checkpoint import RunError, read_config
 from ..data import load, resolve_spec
 from ..evaluate import evaluate_run
@@ -70,6 +70,13 @@ HELP = {
     "precision": "auto: bf16 autocast on CUDA, fp32 on CPU",
     "max_bad_steps": "consecutive non-finite steps before giving up",
     "tensorboard": "also log to RUN/tb (needs tensorboard)",
+    "levels_only": "train only these levels' networks (e.g. 0 or 0,1) into RUN/levels/level_K/, each with "
+    "its own steps, batch, lr, EMA and checkpoints; other processes may train the other levels of the same "
+    "RUN at the same time (pass the same --out); resume one with --resume RUN --levels-only K",
+    "level_budget": "split the total --steps/--minutes between the levels of a new per-level run: "
+    "proportional (by each level's dimension count), W0:W1:… (explicit weights), or auto (rounds, each "
+    "given to the level whose held-out bound fell fastest per second)",
+    "level_rounds": "number of rounds of --level-budget auto",
     "t_sampling": "how each level's diffusion time is drawn: uniform, or importance sampling learned "
     "per level (same bound in expectation, less variance)",
 }
@@ -196,9 +203,59 @@ def resolve(args) -> tuple[ModelConfig, TrainConfig]:
     return ModelConfig(**m), tcfg
 
 
-def run(args) -> int:
+def run_levels(args) -> int:
+    """--levels-only / --level-budget: per-level jobs (pcdm/levels.py)."""
     if args.resume is not None:
         saved = read_config(args.resume)
+        if not saved.get("per_level"):
+            raise RunError(f"{args.resume} was trained in lockstep; --levels-only needs a per-level run")
+        mcfg = ModelConfig.from_dict(saved["model"])
+        ks = levels.parse_levels(args.levels_only, len(PCDM(mcfg).level_shapes))
+        for k in ks:
+            tcfg = levels.level_train_config(args.resume, k, TrainConfig)
+            for key in ("steps", "minutes"):  # a resumed level may be given a new stopping point
+                if hasattr(args, key):
+                    setattr(tcfg, key, getattr(args, key))
+            train(mcfg, tcfg, args.resume, resume=True, device=args.device, level=k)
+        run_dir = args.resume
+    else:
+        if args.out is None:
+            raise ValueError("--out RUN is required (or --resume RUN)")
+        mcfg, tcfg = resolve(args)
+        n_levels = len(PCDM(mcfg).level_shapes)
+        if args.dry_run:
+            n = count_parameters(PCDM(mcfg))
+            print(json.dumps({"model": mcfg.to_dict(), "train": asdict(tcfg), "params": n}, indent=2))
+            return 0
+        if (args.out / "config.json").exists() and not read_config(args.out).get("per_level"):
+            raise ValueError(
+                f"{args.out} already holds a lockstep run; per-level training needs another --out"
+            )
+        if tcfg.level_budget is not None:
+            if tcfg.levels_only is not None:
+                raise ValueError("--level-budget trains every level: leave out --levels-only")
+            levels.budget_weights(tcfg.level_budget, PCDM(mcfg).level_dims)  # a bad spec fails here
+            levels.run_budget(mcfg, tcfg, args.out, device=args.device)
+        else:
+            for k in levels.parse_levels(tcfg.levels_only, n_levels):
+                train(mcfg, tcfg, args.out, device=args.device, level=k)
+        run_dir = args.out
+    if dist.is_main():
+        steps = levels.level_steps(run_dir)
+        print("levels at step: " + ", ".join(f"{k}: {v if v is not None else 'never trained'}"
+                                             for k, v in steps.items()), file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def run(args) -> int:
+    if getattr(args, "levels_only", None) is not None or getattr(args, "level_budget", None) is not None:
+        return run_levels(args)
+    if args.resume is not None:
+        saved = read_config(args.resume)
+        if saved.get("per_level"):
+            raise RunError(
+                f"{args.resume} is a per-level run: resume a level with --resume RUN --levels-only K"
+            )
         try:
             mcfg = ModelConfig.from_dict(saved["model"])
             tcfg = TrainConfig(**saved["train"])
