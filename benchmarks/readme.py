@@ -24,7 +24,7 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /r
 
 
 def standings(res: dict, source: str) -> list[str]:
-    """A standings table: ``benchmarks/standings.py``'s JSON, or the runner's ``runs.json``."""
+    """A standings table: the runner's ``runs.json``, or the JSON of the standings script before it."""
     fmt, ref = report.fmt, res.get("reference") or res["experiment"]
     rows = []
     if "experiment" in res:  # the runner's format
