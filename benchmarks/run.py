@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import tomllib
 
+from pcdm import machine
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402  (benchmarks/ is not a package)
 
@@ -197,11 +199,12 @@ def step_times(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r["step"] for r in rows], float), np.array([r["time_s"] for r in rows], float)
 
 
-def measure_speeds(exp: Experiment, work: Path, log=print) -> dict[str, float]:
+def measure_speeds(exp: Experiment, work: Path, log=print) -> tuple[dict[str, float], dict[str, dict]]:
     """Seconds per step of every run, alone and one after another: steps 10 … 10 + n of a
-    short run (the first ten pay for start-up)."""
+    short run (the first ten pay for start-up); and what else used the machine meanwhile
+    (``RUN/machine.json`` of each measurement, pcdm.machine)."""
     n = int(exp.budget.get("speed_steps", 30))
-    speeds = {}
+    speeds, machines = {}, {}
     for run in exp.runs:
         out = work / exp.folder / f".speed_{run.name}"
         shutil.rmtree(out, ignore_errors=True)
@@ -210,9 +213,27 @@ def measure_speeds(exp: Experiment, work: Path, log=print) -> dict[str, float]:
         steps, times = step_times(out)
         t10 = float(np.interp(10, steps, times))
         speeds[run.name] = float((times[-1] - t10) / (steps[-1] - 10))
+        record = out / "machine.json"
+        machines[run.name] = json.loads(record.read_text()) if record.is_file() else None
         shutil.rmtree(out, ignore_errors=True)
-        log(f"  {run.name}: {speeds[run.name]:.4f} s/step alone")
-    return speeds
+        log(f"  {run.name}: {speeds[run.name]:.4f} s/step alone; {machine.describe(machines[run.name])}")
+    return speeds, machines
+
+
+def check_disturbance(exp: Experiment, machines: dict[str, dict], allow_busy: bool) -> dict[str, str]:
+    """An equal-time budget rests on the speeds: refuse one measured on a disturbed machine
+    (more than pcdm.machine.THRESHOLD cores used by other processes) unless ``allow_busy``;
+    then return run → reason, for the report to mark the rows."""
+    ref = exp.budget.get("reference", exp.reference)
+    marks = {}
+    for run in exp.runs:
+        try:
+            why = machine.check_pair(machines.get(ref), machines.get(run.name), allow_busy=allow_busy)
+        except machine.Disturbed as err:
+            raise SystemExit(f"{exp.name}: {run.name} against {ref}: {err}") from None
+        if why:
+            marks[run.name] = why.replace("a:", f"{ref}:").replace("b:", f"{run.name}:")
+    return marks
 
 
 def _pcdm(cmd: list[str], env: dict, capture: bool = False, stdout=None):
@@ -470,6 +491,8 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         rows,
         "llrrrrrr",
     )
+    for name, why in res.get("busy", {}).items():
+        lines += ["", f"**{name}: speed measured on a busy machine** ({why}): not a clean equal-time row"]
     if exp.eval.get("equal_steps"):
         lines += ["", "## At equal steps", ""]
         rows = []
@@ -588,21 +611,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=WORK, help="run folders (git-ignored)")
     p.add_argument("--results", type=Path, default=report.RESULTS, help="results root")
     p.add_argument("--dry-run", action="store_true", help="print the training commands and stop")
+    p.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="report an equal-time comparison whose speeds were measured on a busy machine (rows marked)",
+    )
     args = p.parse_args(argv)
     exp = load_experiment(args.experiment)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    speeds = None
+    speeds, machines, marks = None, {}, {}
     cache = args.work / exp.folder / "speeds.json"
     if "steps" not in exp.budget and not args.dry_run:
         saved = json.loads(cache.read_text()) if args.reuse and cache.is_file() else {}
-        if all(r.name in saved for r in exp.runs):
-            speeds = {r.name: saved[r.name] for r in exp.runs}
+        if saved and "speeds" not in saved:  # a file from before the machine records
+            saved = {"speeds": saved}
+        if all(r.name in saved.get("speeds", {}) for r in exp.runs):
+            speeds = {r.name: saved["speeds"][r.name] for r in exp.runs}
+            machines = {r.name: saved.get("machines", {}).get(r.name) for r in exp.runs}
             log(f"{exp.name}: reusing the seconds per step measured in {cache}")
         else:
             log(f"{exp.name}: measuring seconds per step, one run at a time")
-            speeds = measure_speeds(exp, args.work, log)
+            speeds, machines = measure_speeds(exp, args.work, log)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({**saved, **speeds}, indent=2) + "\n")
+            merged = {"speeds": {**saved.get("speeds", {}), **speeds}}
+            merged["machines"] = {**saved.get("machines", {}), **machines}
+            cache.write_text(json.dumps(merged, indent=2) + "\n")
+        marks = check_disturbance(exp, machines, args.allow_busy)
     steps = steps_for(exp, speeds) if speeds or "steps" in exp.budget else {r.name: 0 for r in exp.runs}
     if args.dry_run:
         for run in exp.runs:
@@ -616,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{exp.name}: evaluating")
     res = evaluate(exp, trained, log)
     res.update(experiment=exp.name, machine=report.machine(), speeds=speeds, steps=steps)
+    res.update(speed_machines=machines, busy=marks)
     for run in exp.runs:
         res["runs"][run.name]["command"] = trained[run.name]["command"]
     folder = args.results / exp.name
