@@ -224,3 +224,61 @@ def test_lp_pcdm_cpu_preset_parameter_count():
     assert PRESETS["lp-pcdm-cpu"]["train"]["t_sampling"] == "importance"
     model = PCDM(ModelConfig(**m, image_shape=(1, 28, 28), K=256))
     assert count_parameters(model) == 273_892
+
+
+@pytest.mark.slow
+def test_torchrun_inside_a_level_matches_one_process(tmp_path):
+    """DDP on 2 processes for level 1 alone = one process with the same global batch."""
+    args = [*COMMON, "--model", "lp-pcdm", "--levels", "2", "--steps", "4", "--levels-only", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(
+        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+    ]
+    res = subprocess.run(
+        [*torchrun, "-m", "pcdm.cli", "train", "--out", str(two), "--batch", "8", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert levels.level_steps(two) == {0: None, 1: 4}
+    wa = load_file(str(levels.level_dir(one, 1) / "model.safetensors"))
+    wb = load_file(str(levels.level_dir(two, 1) / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if k == "nets.1.conv_out.bias":
+            # a constant output is projected out of the detail subspace (Πₖ ε̂, docs/math.md §3):
+            # its gradient is 0 up to rounding, which Adam's normalisation turns into ±lr steps
+            continue
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5, msg=k)
+    la, lb = (
+        [json.loads(ln)["loss"] for ln in (levels.level_dir(r, 1) / "metrics.jsonl").read_text().splitlines()]
+        for r in (one, two)
+    )
+    assert len(la) == 4
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    start = PCDM(ModelConfig.from_dict(json.loads((one / "config.json").read_text())["model"]))
+    moved = [k for k in wa if k.startswith("nets.1.") and not torch.equal(wa[k], start.state_dict()[k])]
+    assert moved  # level 1 trained
+
+
+def test_levels_only_is_a_generated_flag_and_a_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('levels_only = "1"\nlevel_budget = "proportional"\n')
+    args = ["train", "--out", str(tmp_path / "r"), *COMMON, "--model", "lp-pcdm", "--steps", "2", "--dry-run"]
+    assert main([*args, "--config", str(cfg)]) == 0
+    train = json.loads(capsys.readouterr().out)["train"]
+    assert train["levels_only"] == "1" and train["level_budget"] == "proportional"
+    assert main([*args, "--levels-only", "0,1"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["levels_only"] == "0,1"
+    assert not (tmp_path / "r").exists()
