@@ -429,3 +429,34 @@ def test_skimage32():
     assert tr.K == 256 and len(tr) > 1000 and len(te) > 100
     np.testing.assert_array_equal(load("skimage32", limit=7).images, tr.images[:7])
     assert len(load("skimage32", "all")) == len(tr) + len(te)
+
+
+def test_cifar_and_svhn_labels_align_with_their_images(tmp_path):
+    """The domain feature space of pcdm fid trains on these (docs/math.md §11)."""
+    from pcdm.data.labels import load_labels
+
+    folder = tmp_path / "c" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = {}
+    for i, name in enumerate([*(f"data_batch_{j}" for j in range(1, 6)), "test_batch"]):
+        images = rand_images(2, 32, 32, 3)
+        rows = images.transpose(0, 3, 1, 2).reshape(2, -1)
+        labels[name] = [(2 * i) % 10, (2 * i + 1) % 10]
+        (folder / name).write_bytes(pickle.dumps({b"data": rows, b"labels": labels[name]}, protocol=4))
+    train = [v for k, lab in labels.items() if k != "test_batch" for v in lab]
+    np.testing.assert_array_equal(load_labels(f"cifar10:{tmp_path / 'c'}", "train"), train)
+    np.testing.assert_array_equal(load_labels(f"cifar10:{tmp_path / 'c'}", "test"), labels["test_batch"])
+    np.testing.assert_array_equal(load_labels(f"cifar10:{tmp_path / 'c'}", "train", limit=3), train[:3])
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": rows, b"labels": [3, 11]}, protocol=4))
+    with pytest.raises(DataError, match="labels"):
+        load_labels(f"cifar10:{tmp_path / 'c'}", "test")
+
+    tr = rand_images(4, 32, 32, 3)
+    scipy.io.savemat(
+        tmp_path / "train_32x32.mat", {"X": tr.transpose(1, 2, 3, 0), "y": np.array([[10], [1], [5], [9]])}
+    )
+    te = rand_images(1, 32, 32, 3)
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": te.transpose(1, 2, 3, 0), "y": np.array([[3]])})
+    np.testing.assert_array_equal(load_labels(f"svhn:{tmp_path}", "train"), [0, 1, 5, 9])
+    np.testing.assert_array_equal(load_labels(f"svhn:{tmp_path}", "test"), [3])
+    assert len(load_labels(f"svhn:{tmp_path}", "train")) == len(load(f"svhn:{tmp_path}").images)

@@ -130,8 +130,7 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_cifar_batch(path: Path) -> np.ndarray:
-    """One CIFAR python batch: ``data`` (N, 3072) in CHW order → uint8 (N, 32, 32, 3)."""
+def _cifar_field(path: Path, key: str):
     try:
         with path.open("rb") as f:
             batch = _SafeUnpickler(f, encoding="latin1").load()
@@ -139,7 +138,24 @@ def read_cifar_batch(path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: not a valid CIFAR batch ({err}); re-download cifar-10-python.tar.gz"
         ) from None
-    data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
+    return batch.get(key.encode(), batch.get(key)) if isinstance(batch, dict) else None
+
+
+def read_cifar_labels(path: Path) -> np.ndarray:
+    """The class labels (0–9) of one CIFAR python batch, in its image order."""
+    labels = _cifar_field(path, "labels")
+    try:
+        out = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out.ndim != 1 or (out.size and (out.min() < 0 or out.max() > 9)):
+        raise DataError(f"{path}: CIFAR batch has no 'labels' list of classes 0–9")
+    return out
+
+
+def read_cifar_batch(path: Path) -> np.ndarray:
+    """One CIFAR python batch: ``data`` (N, 3072) in CHW order → uint8 (N, 32, 32, 3)."""
+    data = _cifar_field(path, "data")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: CIFAR batch has no 'data' array of shape (N, 3072)")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)

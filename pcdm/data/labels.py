@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .core import DEBIAN_FASHION_MNIST, DataError, _check_limit, _check_split, _standard_split, data_root
-from .formats import read_idx
+from .formats import _CIFAR_SOURCE, _CIFAR_TRAIN, _cifar_dir, _read_batches, read_cifar_labels, read_idx
 
 _IDX_LABELS = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
-LABELLED = ("fashion-mnist", "mnist", "digits")
+LABELLED = ("fashion-mnist", "mnist", "digits", "cifar10", "svhn")
 
 
 def _idx_labels(name: str, root: Path | None, split: str, limit: int | None) -> np.ndarray:
@@ -42,6 +42,16 @@ def load_labels(spec: str, split: str = "train", limit: int | None = None) -> np
     root_dir = Path(root).expanduser() if sep and root else None
     if name in ("fashion-mnist", "mnist"):
         return _idx_labels(name, root_dir, split, limit)
+    if name == "cifar10":
+        folder = _cifar_dir(root_dir or data_root() / "cifar10", download=False)
+        parts = {"train": _CIFAR_TRAIN, "test": ["test_batch"]}
+
+        def read(part: str, n: int | None) -> np.ndarray:
+            return _read_batches(folder, parts[part], n, read_cifar_labels, "cifar10", _CIFAR_SOURCE)
+
+        return _standard_split(read, split, limit)
+    if name == "svhn":
+        return _svhn_labels(root_dir or data_root() / "svhn", split, limit)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -52,3 +62,25 @@ def load_labels(spec: str, split: str = "train", limit: int | None = None) -> np
         f"{spec}: no class labels known for this data (labelled: {', '.join(LABELLED)}); "
         "use --features inception"
     )
+
+
+def _svhn_labels(root: Path, split: str, limit: int | None) -> np.ndarray:
+    """SVHN's ``y`` (1–10, where 10 is the digit 0) as the digit 0–9."""
+    import scipy.io
+
+    def read(part: str, n: int | None) -> np.ndarray:
+        path = root / f"{part}_32x32.mat"
+        if not path.is_file():
+            raise DataError(f"svhn: missing {path.name} in {root}")
+        try:
+            y = scipy.io.loadmat(path, variable_names=["y"]).get("y")
+        except (OSError, ValueError, TypeError, NotImplementedError) as err:
+            raise DataError(f"{path}: cannot read MATLAB file ({err}); re-download it") from None
+        if not isinstance(y, np.ndarray) or y.size == 0:
+            raise DataError(f"{path}: no 'y' label array")
+        y = y.ravel().astype(np.int64)
+        if y.min() < 1 or y.max() > 10:
+            raise DataError(f"{path}: labels outside 1–10")
+        return (y % 10)[:n]
+
+    return _standard_split(read, split, limit)
