@@ -175,6 +175,10 @@ def test_two_concurrent_level_jobs_give_a_run_that_evaluates_samples_and_codes(t
     assert stats["container"] == "bits-back"
     assert main(["decompress", str(run), str(blob), "-o", str(back), "--quiet"]) == 0
     assert np.array_equal(np.load(back), images)
+    ood = ["ood", str(run), "--in", "digits", "--ood", "uniform", "--limit", "32", "--n-t", "2"]
+    capsys.readouterr()
+    assert main([*ood, "--entropy-count", "32", "--min-images", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
 
 
 def test_budget_driver_runs_rounds(tmp_path):

@@ -121,7 +121,16 @@ def entropy_cache_key(
 ) -> dict:
     """Everything Ĥ depends on. Content hashes, not names or mtimes, so a retrained model
     or changed data files always invalidate it and a copied run folder keeps it."""
-    wpath = weights_path(run, ema)
+    if (Path(run) / "levels").is_dir() and not (Path(run) / "model.safetensors").exists():
+        # a per-level run (docs/math.md §10): the hash of every level's newest weights file
+        from ..levels import level_steps, level_weights_file
+
+        files = [level_weights_file(run, k, ema) for k in level_steps(run)]
+        wname = "+".join(f"level_{k}/{f.name}" for k, f in enumerate(files))
+        wsha = hashlib.sha256("".join(_sha256_file(f) for f in files).encode()).hexdigest()
+    else:
+        wpath = weights_path(run, ema)
+        wname, wsha = wpath.name, _sha256_file(wpath)
     return {
         "data": spec,
         "images_sha256": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
@@ -131,8 +140,8 @@ def entropy_cache_key(
         "batch": int(batch),
         "bound": "continuous",
         "complexity": _complexity_key(),
-        "weights": wpath.name,
-        "weights_sha256": _sha256_file(wpath),
+        "weights": wname,
+        "weights_sha256": wsha,
         "model_sha256": hashlib.sha256(
             json.dumps(config.get("model", {}), sort_keys=True).encode()
         ).hexdigest(),
