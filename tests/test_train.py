@@ -212,6 +212,10 @@ def test_gpu_check_script_runs_on_cpu():
     rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert [r["model"] for r in rows] == ["vdm", "w-pcdm"]
     assert all(r["images_per_s"] > 0 and np.isfinite(r["loss"]) for r in rows)
+    sampled = [ln.split() for ln in res.stdout.splitlines() if "images/s" in ln and ":" in ln.split()[1]]
+    want = [(m, s) for m in ("vdm", "w-pcdm") for s in ("heun:4", "ancestral:8")]
+    assert [(r[0], r[1]) for r in sampled] == want
+    assert all(float(r[2]) > 0 for r in sampled)
 
 
 def test_weight_decay_spares_the_schedule():
