@@ -242,8 +242,14 @@ def run_levels(args) -> int:
         run_dir = args.out
     if dist.is_main():
         steps = levels.level_steps(run_dir)
-        print("levels at step: " + ", ".join(f"{k}: {v if v is not None else 'never trained'}"
-                                             for k, v in steps.items()), file=sys.stderr)  # fmt: skip
+        shown = ", ".join(f"{k}: {v if v is not None else 'never trained'}" for k, v in steps.items())
+        missing = [str(k) for k, v in steps.items() if v is None]
+        nxt = (
+            f"next: pcdm train --out {run_dir} --levels-only {','.join(missing)} --steps N (same options)"
+            if missing
+            else f"next: pcdm eval {run_dir}  |  pcdm sample {run_dir} -n 64 --out samples.png"
+        )
+        print(f"levels at step: {shown}\n  {nxt}", file=sys.stderr)
     return 0
 
 
