@@ -342,7 +342,8 @@ def evaluate(exp: Experiment, trained: dict[str, dict], log=print) -> dict:
             r["equal_steps"] = {"step": trained[run.name]["step"], **r["bound"]}
             per_image[run.name + "@equal"] = pi["bpd"]
         if measured(e, "ode", run):
-            r["ode"] = ode_bound(model, data.images, e["ode"], seed, log)
+            limit = e["ode"].get("limit_for", {}).get(run.name, e["ode"].get("limit"))
+            r["ode"] = ode_bound(model, data.images[:limit], e["ode"], seed, log)
         if measured(e, "sampling", run):
             r["sampling"] = sampling_time(model, e["sampling"], seed, log)
         if measured(e, "fid", run):
@@ -366,12 +367,13 @@ def measured(e: dict, what: str, run: Run) -> bool:
 
 
 def ode_bound(model, images: np.ndarray, opts: dict, seed: int, log) -> dict:
-    """The PF-ODE bound and the ELBO on the first ``limit`` images (docs/math.md §12)."""
+    """The PF-ODE bound and the ELBO on these images (docs/math.md §12)."""
     from pcdm.evaluate import per_image_ode_bpd, summarize_ode
     from pcdm.ode import ODEOptions
 
-    options = ODEOptions(**{k: v for k, v in opts.items() if k not in ("limit", "batch", "runs")})
-    x = images[: opts.get("limit", len(images))]
+    runner_keys = ("limit", "limit_for", "batch", "runs")
+    options = ODEOptions(**{k: v for k, v in opts.items() if k not in runner_keys})
+    x = images
     log(f"    ODE bound on {len(x)} images")
     out = summarize_ode(per_image_ode_bpd(model, x, options, batch_size=opts.get("batch", 64), seed=seed))
     return {**out, "options": asdict(options)}
