@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .experiment import OODResult
+from .select import DEFAULT_SCORE
 
 # Scores drawn in the ROC plot when none are chosen: the paper's statistic, the raw
 # likelihood, and the best of each family.
-PLOT_DEFAULT = ("typ:nll", "nll", "nll-L", "detail-level1", "joint")
+PLOT_DEFAULT = tuple(dict.fromkeys((DEFAULT_SCORE, "typ:nll", "nll", "nll-L", "typ:L", "joint")))
 
 
 def plot_roc(result: OODResult, path: Path, title: str = "", scores: list[str] | None = None) -> None:
@@ -57,6 +58,8 @@ def format_table(result: OODResult) -> str:
         "(1 = perfect separation, 0.5 = chance); n images per class.",
         "Scores (bpd): nll, level<s> (level 1 coarsest), recon, detail = nll − level1, "
         "nll-L (L = best classical code), joint (all levels and L).",
+        f"* the default score {DEFAULT_SCORE}: chosen on validation OOD sets only and checked on "
+        "unseen ones (docs/math.md §8, benchmarks/results/ood_selection/report.md).",
         "",
         f"{'score':<16}" + "".join(f" {s[:width]:>{width}}" for s in sets),
         f"{'n per class':<16}" + "".join(f" {result.n[s]:>{width}}" for s in sets),
@@ -70,5 +73,6 @@ def format_table(result: OODResult) -> str:
         f"{'mean nll (bpd)':<16}" + "".join(f" {result.mean_bpd[s]['nll']:>{width}.4f}" for s in sets),
     ]
     for name in result.score_names:
-        lines.append(f"{name:<16}" + "".join(f" {result.auroc[name][s]:>{width}.4f}" for s in sets))
+        label = f"{name} *" if name == DEFAULT_SCORE else name
+        lines.append(f"{label:<16}" + "".join(f" {result.auroc[name][s]:>{width}.4f}" for s in sets))
     return "\n".join(lines)

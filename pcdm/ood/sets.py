@@ -9,6 +9,15 @@ Built-in sets (every image uint8 (H, W, C) with values 0..K−1, seeded):
                format: 20×20 box (bicubic, then a contrast ramp that saturates the strokes
                as MNIST's are), placed in 28×28 with the centre of mass at the centre; then
                adapted like any data
+    glyphs     letters A–Z, a–z rendered with the system's TrueType fonts (DejaVu, else
+               Pillow's built-in font) in MNIST's format: white on black, 20×20 box, centred
+               by mass, random weight, size and a small rotation (seeded)
+    glyph-digits  the same for the digits 0–9
+    shapes     1–3 random outlined or filled ellipses, rectangles and thick lines, white-ish
+               on black, anti-aliased (4× supersampled)
+    blur       the in-distribution negatives blurred by a Gaussian of σ = 1 pixel (simpler
+               images with lower NLL than the originals: the failure complexity corrections
+               exist for)
     hflip      the in-distribution negatives mirrored left–right
     vflip      the in-distribution negatives upside down
     invert     the in-distribution negatives with every value v ↦ K−1−v
@@ -24,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-BUILTIN = ("const", "uniform", "gaussian", "mnist-like")
-TRANSFORMS = ("hflip", "vflip", "invert")
+BUILTIN = ("const", "uniform", "gaussian", "mnist-like", "glyphs", "glyph-digits", "shapes")
+TRANSFORMS = ("hflip", "vflip", "invert", "blur")
 
 
 def constant_images(n: int, shape_hwc: tuple[int, int, int], K: int, seed: int = 0) -> np.ndarray:
@@ -74,6 +83,98 @@ def mnist_like_images(n: int | None = None) -> np.ndarray:
     return out
 
 
+def _mnist_box(img: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] (strokes bright) → MNIST's format: the bounding box of the
+    strokes scaled (Lanczos, aspect kept) into a 20×20 box, placed in 28×28 with the
+    centre of mass at the centre; uint8 (28, 28), values 0..255."""
+    from PIL import Image
+    from scipy.ndimage import center_of_mass, shift
+
+    ys, xs = np.nonzero(img > 0.05)
+    canvas = np.zeros((28, 28))
+    if len(ys):
+        crop = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        h, w = crop.shape
+        scale = 20.0 / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        box = Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), Image.Resampling.LANCZOS)
+        box = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
+        top, left = (28 - nh) // 2, (28 - nw) // 2
+        canvas[top : top + nh, left : left + nw] = box
+        cy, cx = center_of_mass(canvas)
+        canvas = shift(canvas, (round(13.5 - cy), round(13.5 - cx)), order=0)
+    return np.rint(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
+
+
+def _fonts() -> list:
+    """TrueType fonts for the glyph sets: DejaVu's faces where installed (sorted, so the
+    set is the same on every machine that has them), else Pillow's built-in font."""
+    from glob import glob
+
+    paths = sorted(
+        p
+        for d in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/share/fonts/TTF")
+        for p in glob(f"{d}/DejaVu*.ttf")
+    )
+    return paths or [None]
+
+
+def glyph_images(n: int, chars: str, seed: int = 0) -> np.ndarray:
+    """``n`` rendered characters of ``chars`` in MNIST's format (uint8 (n, 28, 28, 1), K = 256):
+    each image draws a character, a font face, a size of 40–56 px and a rotation of ±15°,
+    renders it white on black at 64×64 and boxes it as MNIST does (:func:`_mnist_box`)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng([seed, 5])
+    fonts = _fonts()
+    out = np.zeros((n, 28, 28, 1), dtype=np.uint8)
+    for i in range(n):
+        ch = chars[rng.integers(len(chars))]
+        path = fonts[rng.integers(len(fonts))]
+        size = int(rng.integers(40, 57))
+        font = ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+        img = Image.new("L", (96, 96), 0)
+        ImageDraw.Draw(img).text((48, 48), ch, fill=255, font=font, anchor="mm")
+        img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
+        out[i, ..., 0] = _mnist_box(np.asarray(img, dtype=np.float64) / 255.0)
+    return out
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+DIGITS = "0123456789"
+
+
+def shape_images(n: int, shape_hwc: tuple[int, int, int], K: int, seed: int = 0) -> np.ndarray:
+    """``n`` images of 1–3 random primitives (outlined or filled ellipse, rectangle, or a line
+    1–3 px wide), each of one brightness in [½, 1] of full scale, on black; drawn at 4× and
+    box-downsampled (anti-aliased edges); gray images, RGB replicated."""
+    from PIL import Image, ImageDraw
+
+    h, w, c = shape_hwc
+    rng = np.random.default_rng([seed, 6])
+    out = np.zeros((n, h, w, c), dtype=np.uint8)
+    for i in range(n):
+        img = Image.new("L", (4 * w, 4 * h), 0)
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(1, 4))):
+            kind = rng.integers(3)
+            x0, x1 = np.sort(rng.uniform(0, 4 * w, 2))
+            y0, y1 = np.sort(rng.uniform(0, 4 * h, 2))
+            fill = int(rng.integers(128, 256))
+            lw = int(4 * rng.integers(1, 4))
+            box = [x0, y0, max(x1, x0 + 8), max(y1, y0 + 8)]
+            if kind == 2:
+                ends = [x0, y0, x1, y1] if rng.random() < 0.5 else [x0, y1, x1, y0]
+                d.line(ends, fill=fill, width=lw)
+            elif rng.random() < 0.5:
+                (d.ellipse if kind == 0 else d.rectangle)(box, fill=fill)
+            else:
+                (d.ellipse if kind == 0 else d.rectangle)(box, outline=fill, width=lw)
+        a = np.asarray(img.resize((w, h), Image.Resampling.BOX), dtype=np.float64) * (K - 1) / 255.0
+        out[i] = np.clip(np.rint(a), 0, K - 1).astype(np.uint8)[..., None]
+    return out
+
+
 def transformed(images: np.ndarray, name: str, K: int) -> np.ndarray:
     """The in-distribution images under one of ``TRANSFORMS``."""
     if name == "hflip":
@@ -82,6 +183,11 @@ def transformed(images: np.ndarray, name: str, K: int) -> np.ndarray:
         return np.ascontiguousarray(images[:, ::-1])
     if name == "invert":
         return (K - 1 - images.astype(np.int64)).astype(np.uint8)
+    if name == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        v = gaussian_filter(images.astype(np.float64), sigma=(0, 1.0, 1.0, 0), mode="constant")
+        return np.clip(np.rint(v), 0, K - 1).astype(np.uint8)
     raise ValueError(f"unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
 
 
@@ -152,6 +258,12 @@ def load_ood_set(
         return gaussian_images(n, shape_hwc, K, seed), spec, ["N((K−1)/2, ((K−1)/6)²), clipped"]
     if spec in TRANSFORMS:
         return transformed(negatives[:n], spec, K), spec, [f"{spec} of the in-distribution negatives"]
+    if spec in ("glyphs", "glyph-digits"):
+        chars = LETTERS if spec == "glyphs" else DIGITS
+        images, notes = adapt_images(glyph_images(n, chars, seed), 256, shape_hwc, K)
+        return images, spec, [f"{spec}: rendered in MNIST format (28×28, K=256)", *notes]
+    if spec == "shapes":
+        return shape_images(n, shape_hwc, K, seed), spec, []
     if spec == "mnist-like":
         images, notes = adapt_images(mnist_like_images(), 256, shape_hwc, K)
         return images[:n], spec, ["scikit-learn digits in MNIST format (28×28, K=256)", *notes]
