@@ -21,6 +21,9 @@ The scores, all with a fixed direction (nothing learned from OOD data):
     detail-share   detail / nll, the fraction of the bits spent on detail
     nll-L          nll − L: the likelihood ratio against a generic image codec, which
                    corrects for input complexity (Serrà et al. 2020)
+    nll/L          nll / L: the model's code length as a fraction of the classical one, a
+                   complexity correction by ratio; the default of ``pcdm ood``, chosen on
+                   validation OOD sets only (pcdm/ood/select.py, docs/math.md §8)
     L              complexity alone (no model): how much of a separation is just simplicity
     typ:<score>    |score − its mean over held-out in-distribution images| (the typicality
                    test, Nalisnick et al. 2019, applied to each score); typ:nll is the
@@ -62,6 +65,7 @@ def raw_scores(f: Features) -> dict[str, np.ndarray]:
         out["detail-level1"] = detail - f["level1"]
         out["detail-share"] = detail / np.maximum(f["nll"], 1e-12)
     out["nll-L"] = f["nll"] - f["L"]
+    out["nll/L"] = np.asarray(f["nll"], dtype=np.float64) / np.maximum(f["L"], 1e-12)
     out["L"] = f["L"]
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
@@ -107,6 +111,8 @@ class Reference:
 
     @classmethod
     def from_json(cls, d: dict) -> Reference:
+        if "nll/L" not in d["means"]:
+            raise KeyError("a reference from before the nll/L score: refit")
         return cls(
             means={k: float(v) for k, v in d["means"].items()},
             joint_mean=np.asarray(d["joint_mean"], dtype=np.float64),
@@ -138,7 +144,7 @@ def score_names(levels: int) -> list[str]:
     raw = ["nll", *(f"level{s}" for s in range(1, levels + 1)), "recon"]
     if levels > 1:
         raw += ["detail", "detail-level1", "detail-share"]
-    raw += ["nll-L", "L"]
+    raw += ["nll-L", "nll/L", "L"]
     return [*raw, *(f"typ:{k}" for k in raw), "joint"]
 
 
