@@ -68,7 +68,20 @@ def sample_quality(res: dict, source: str) -> list[str]:
     return report.table(header, rows, "lrrrrr") + ["", f"From `{source}`."]
 
 
-RENDER = {"standings": standings, "sample_quality": sample_quality}
+def ode_likelihood(res: dict, source: str) -> list[str]:
+    fmt, rows = report.fmt, []
+    for name, r in res["runs"].items():
+        if (o := r.get("ode")) is None:
+            continue
+        rows.append([
+            name, o["n_images"], fmt(o["bpd"], o["bpd_se"]), fmt(o["elbo_bpd"], o["elbo_bpd_se"]),
+            fmt(o["ode_minus_elbo"], o["ode_minus_elbo_se"]), f"{o['nfe']:.0f}", f"{o['seconds']:.2f}",
+        ])  # fmt: skip
+    header = ["run", "images", "ODE bound (bpd)", "ELBO (bpd)", "ODE − ELBO (paired)", "NFE", "s / image"]
+    return report.table(header, rows, "lrrrrrr") + ["", f"From `{source}`."]
+
+
+RENDER = {"standings": standings, "sample_quality": sample_quality, "ode_likelihood": ode_likelihood}
 
 
 def render(name: str) -> list[str]:
