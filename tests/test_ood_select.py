@@ -162,3 +162,49 @@ def test_pcdm_ood_reports_the_default_score(tmp_path, capsys):
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert any(line.startswith(f"{sel.DEFAULT_SCORE} *") for line in table.splitlines())
+
+
+def test_benchmark_choice_is_the_same_whatever_the_unseen_sets(tmp_path, monkeypatch):
+    # End to end through benchmarks/ood_selection.py: the recorded choice and every validation
+    # number are identical when the unseen sets are replaced by entirely different ones.
+    import sys
+
+    import torch
+
+    from pcdm import checkpoint
+    from pcdm.model import PCDM, ModelConfig
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ood_selection as bench
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        model="w-pcdm", levels=2, image_shape=(1, 8, 8), K=17, width=8, depth=1, attention=False, fourier=None
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.save_tensors(run / "model.safetensors", PCDM(cfg).state_dict())
+    checkpoint.write_json(run / "config.json", {"model": cfg.to_dict(), "data": {"spec": "digits", "K": 17}})
+    monkeypatch.setattr(sel, "VALIDATION_SETS", ("const", "uniform", "invert"))
+    common = ["--run", str(run), "--data", "digits", "--limit", "20", "--entropy-count", "20", "--n-t", "1"]
+    common += ["--n-boot", "10", "--cache", str(tmp_path / "cache")]
+    assert bench.main([*common, "--phase", "validation", "--out", str(tmp_path / "v")]) == 0
+    first = json.loads((tmp_path / "v/selection.json").read_text())
+    # the unseen phase refuses to run while the code's default differs from the record
+    monkeypatch.setattr(sel, "DEFAULT_SCORE", "not-this-one")
+    assert bench.main([*common, "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused/runs.json").exists()
+    monkeypatch.setattr(sel, "DEFAULT_SCORE", first["chosen_default"])
+    monkeypatch.setattr(sel, "OVERALL_CHOICE", first["chosen"])
+    docs = []
+    for i, unseen in enumerate((("glyphs", "mnist-like"), ("gaussian", "shapes"))):
+        monkeypatch.setattr(sel, "UNSEEN_SETS", unseen)
+        assert bench.main([*common, "--out", str(tmp_path / f"u{i}")]) == 0
+        docs.append(json.loads((tmp_path / f"u{i}/runs.json").read_text()))
+        assert json.loads((tmp_path / f"u{i}/selection.json").read_text()) == first
+        assert set(docs[-1]["unseen"][first["chosen_default"]]) == set(unseen)
+    assert (
+        docs[0]["selection"]
+        == docs[1]["selection"]
+        == {k: v for k, v in first.items() if k in docs[0]["selection"]}
+    )

@@ -261,7 +261,8 @@ def load_ood_set(
     if spec in ("glyphs", "glyph-digits"):
         chars = LETTERS if spec == "glyphs" else DIGITS
         images, notes = adapt_images(glyph_images(n, chars, seed), 256, shape_hwc, K)
-        return images, spec, [f"{spec}: rendered in MNIST format (28×28, K=256)", *notes]
+        what = "letters A–Z, a–z" if spec == "glyphs" else "digits 0–9"
+        return images, spec, [f"{what} rendered in MNIST format (28×28, K=256)", *notes]
     if spec == "shapes":
         return shape_images(n, shape_hwc, K, seed), spec, []
     if spec == "mnist-like":
