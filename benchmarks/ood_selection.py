@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, default=ROOT / "benchmarks/work/ood15/w-pcdm")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--phase", choices=["validation", "unseen", "all"], default="all")
-    ap.add_argument("--limit", type=int, default=1000, help="negatives and images per OOD set")
+    ap.add_argument("--limit", type=int, default=500, help="negatives, reference and images per OOD set")
     ap.add_argument("--entropy-count", type=int, default=1000, help="held-out reference images")
     ap.add_argument("--n-t", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128)
