@@ -494,7 +494,8 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         "llrrrrrr",
     )
     for name, why in res.get("busy", {}).items():
-        lines += ["", f"**{name}: speed measured on a busy machine** ({why}): not a clean equal-time row"]
+        state = "not known to be clean" if "unknown" in why else "measured on a busy machine"
+        lines += ["", f"**{name}: its speed measurement is {state}** ({why}): equal time is approximate"]
     if exp.eval.get("equal_steps"):
         lines += ["", "## At equal steps", ""]
         rows = []
@@ -613,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=WORK, help="run folders (git-ignored)")
     p.add_argument("--results", type=Path, default=report.RESULTS, help="results root")
     p.add_argument("--dry-run", action="store_true", help="print the training commands and stop")
+    p.add_argument("--report-only", action="store_true", help="rewrite report.md from the saved runs.json")
     p.add_argument(
         "--allow-busy",
         action="store_true",
@@ -621,6 +623,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     exp = load_experiment(args.experiment)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if args.report_only:  # the report again from runs.json (after a change to the report's form)
+        folder = args.results / exp.name
+        res = json.loads((folder / "runs.json").read_text())
+        lines = markdown(exp, res, res.get("argv", ["benchmarks/run.py", str(args.experiment)]))
+        if plot_fid(exp, res, folder / "fid_vs_steps.png"):
+            lines += ["", "![FID against Heun steps](fid_vs_steps.png)"]
+        log(f"wrote {report.write(folder, res, lines)}")
+        return 0
     speeds, machines, marks = None, {}, {}
     cache = args.work / exp.folder / "speeds.json"
     if "steps" not in exp.budget and not args.dry_run:
@@ -652,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{exp.name}: evaluating")
     res = evaluate(exp, trained, log)
     res.update(experiment=exp.name, machine=report.machine(), speeds=speeds, steps=steps)
-    res.update(speed_machines=machines, busy=marks)
+    res.update(speed_machines=machines, busy=marks, argv=["benchmarks/run.py", *argv])
     for run in exp.runs:
         res["runs"][run.name]["command"] = trained[run.name]["command"]
     folder = args.results / exp.name
