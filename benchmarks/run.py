@@ -226,13 +226,19 @@ def check_disturbance(exp: Experiment, machines: dict[str, dict], allow_busy: bo
     then return run → reason, for the report to mark the rows."""
     ref = exp.budget.get("reference", exp.reference)
     marks = {}
+
+    def named(text: str, name: str) -> str:
+        return text.replace("a: ", f"{ref}: ").replace("b: ", f"{name}: ")
+
     for run in exp.runs:
+        if run.name == ref and len(exp.runs) > 1:
+            continue
         try:
             why = machine.check_pair(machines.get(ref), machines.get(run.name), allow_busy=allow_busy)
         except machine.Disturbed as err:
-            raise SystemExit(f"{exp.name}: {run.name} against {ref}: {err}") from None
+            raise SystemExit(f"{exp.name}: {run.name} against {ref}: {named(str(err), run.name)}") from None
         if why:
-            marks[run.name] = why.replace("a:", f"{ref}:").replace("b:", f"{run.name}:")
+            marks[run.name] = named(why, run.name)
     return marks
 
 
