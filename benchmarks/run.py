@@ -500,8 +500,12 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         "llrrrrrr",
     )
     for name, why in res.get("busy", {}).items():
-        state = "not known to be clean" if "unknown" in why else "measured on a busy machine"
-        lines += ["", f"**{name}: its speed measurement is {state}** ({why}): equal time is approximate"]
+        state = (
+            "speed not known to be measured on an idle machine"
+            if "unknown" in why
+            else "speed measured on a busy machine"
+        )
+        lines += ["", f"**{name}: {state}** ({why}): equal time is approximate"]
     if exp.eval.get("equal_steps"):
         lines += ["", "## At equal steps", ""]
         rows = []
