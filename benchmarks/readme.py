@@ -5,7 +5,8 @@
 
 A table lives between ``<!-- results:NAME -->`` and ``<!-- /results -->``; NAME is a results
 file (``standings_fashion-mnist.json``) or an experiment folder (``sample_quality_fashion-mnist``)
-under ``benchmarks/results/``. No number in the README is typed by hand.
+under ``benchmarks/results/``, optionally followed by ``:run,run,…`` to show only those runs.
+No number in the README is typed by hand.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 README = report.ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.:,-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
 def standings(res: dict, source: str) -> list[str]:
@@ -81,15 +82,38 @@ def ode_likelihood(res: dict, source: str) -> list[str]:
     return report.table(header, rows, "lrrrrrr") + ["", f"From `{source}`."]
 
 
-RENDER = {"standings": standings, "sample_quality": sample_quality, "ode_likelihood": ode_likelihood}
+def ood_selection(res: dict, source: str) -> list[str]:
+    """The default OOD score on the sets that played no part in choosing it, beside the paper's
+    typicality and the model-free typ:L."""
+    sets, default = res["unseen_sets"], res["default_score"]
+    rows = []
+    for score, label in (
+        (default, f"`{default}` (default)"),
+        ("typ:nll", "`typ:nll` (the paper)"),
+        ("typ:L", "`typ:L`"),
+    ):
+        aurocs = res["unseen"][score]
+        rows.append([label, *(report.fmt(*aurocs[name]) for name in sets)])
+    return report.table(["score", *sets], rows) + ["", f"AUROC ± bootstrap s.e.; from `{source}`."]
+
+
+RENDER = {
+    "standings": standings,
+    "sample_quality": sample_quality,
+    "ode_likelihood": ode_likelihood,
+    "ood_selection": ood_selection,
+}
 
 
 def render(name: str) -> list[str]:
+    name, _, only = name.partition(":")
     path = report.RESULTS / name
     source = f"benchmarks/results/{name}"
     if path.is_dir():
         path, source = path / "runs.json", f"{source}/report.md"
     res = json.loads(path.read_text())
+    if only:
+        res["runs"] = {k: res["runs"][k] for k in only.split(",")}
     kind = next(k for k in RENDER if name.startswith(k))
     return RENDER[kind](res, source)
 
