@@ -499,13 +499,13 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         rows,
         "llrrrrrr",
     )
-    for name, why in res.get("busy", {}).items():
-        state = (
-            "speed not known to be measured on an idle machine"
-            if "unknown" in why
-            else "speed measured on a busy machine"
-        )
-        lines += ["", f"**{name}: {state}** ({why}): equal time is approximate"]
+    busy = {k: v for k, v in res.get("busy", {}).items() if k != ref or len(exp.runs) == 1}
+    if busy and all("unknown" in why for why in busy.values()):
+        note = "The speed measurements have no machine record (pcdm.machine): equal time holds only as far"
+        lines += ["", note + " as the machine was idle, which nothing here shows."]
+    else:
+        for name, why in busy.items():
+            lines += ["", f"**{name}: speed measured on a busy machine** ({why}): equal time is approximate"]
     if exp.eval.get("equal_steps"):
         lines += ["", "## At equal steps", ""]
         rows = []
