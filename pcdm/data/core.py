@@ -146,8 +146,12 @@ def _standard_split(
 
 
 def to_nchw(images: np.ndarray) -> torch.Tensor:
-    """uint8 images as stored, (N, H, W, C), → the model's layout (N, C, H, W)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    """uint8 images as stored, (N, H, W, C), → the model's layout (N, C, H, W). A read-only
+    array (a memory-mapped file) is copied: torch cannot share memory it may not write."""
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).permute(0, 3, 1, 2)
 
 
 def to_nhwc(x: torch.Tensor) -> np.ndarray:
