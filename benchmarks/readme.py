@@ -26,8 +26,7 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.:,-]+) -->\n)(?P<body>.*?)(<!-- 
 
 def standings(res: dict, source: str) -> list[str]:
     """A standings table: the runner's ``runs.json``, or the JSON of the standings script before it."""
-    fmt, ref = report.fmt, res.get("reference") or res["experiment"]
-    rows = []
+    fmt, rows = report.fmt, []
     if "experiment" in res:  # the runner's format
         ref = next(name for name, r in res["runs"].items() if "vs_reference" not in r)
         for name, r in res["runs"].items():

@@ -616,6 +616,15 @@ def plot_fid(exp: Experiment, res: dict, path: Path) -> bool:
     return True
 
 
+def write_report(exp: Experiment, res: dict, folder: Path, argv: list[str]) -> Path:
+    """``report.md`` (with the FID plot when there is one) and ``runs.json`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = markdown(exp, res, argv)
+    if plot_fid(exp, res, folder / "fid_vs_steps.png"):
+        lines += ["", "![FID against Heun steps](fid_vs_steps.png)"]
+    return report.write(folder, res, lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -636,10 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:  # the report again from runs.json (after a change to the report's form)
         folder = args.results / exp.name
         res = json.loads((folder / "runs.json").read_text())
-        lines = markdown(exp, res, res.get("argv", ["benchmarks/run.py", str(args.experiment)]))
-        if plot_fid(exp, res, folder / "fid_vs_steps.png"):
-            lines += ["", "![FID against Heun steps](fid_vs_steps.png)"]
-        log(f"wrote {report.write(folder, res, lines)}")
+        argv_then = res.get("argv", ["benchmarks/run.py", str(args.experiment)])
+        log(f"wrote {write_report(exp, res, folder, argv_then)}")
         return 0
     speeds, machines, marks = None, {}, {}
     cache = args.work / exp.folder / "speeds.json"
@@ -676,11 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in exp.runs:
         res["runs"][run.name]["command"] = trained[run.name]["command"]
     folder = args.results / exp.name
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = markdown(exp, res, ["benchmarks/run.py", *argv])
-    if plot_fid(exp, res, folder / "fid_vs_steps.png"):
-        lines += ["", "![FID against Heun steps](fid_vs_steps.png)"]
-    path = report.write(folder, res, lines)
+    path = write_report(exp, res, folder, res["argv"])
     log(f"wrote {path} and {folder / 'runs.json'}")
     return 0
 

@@ -203,36 +203,18 @@ def train(
             sampler.load_state_dict(state["time_sampler"])
         if dist.is_main():
             _truncate_metrics(run / "metrics.jsonl", step)
-    elif dist.is_main() and level is not None:
+    elif dist.is_main():
         run_config = {
             "model": model_cfg.to_dict(),
             "train": asdict(cfg),
-            "data": {
-                "spec": cfg.data,
-                "K": data.K,
-                "shape": list(data.shape_chw),
-                "n_train": len(data.images),
-            },
-            "per_level": True,
+            "data": {"spec": cfg.data, "K": data.K, "shape": list(data.shape_chw), "n_train": len(data)},
         }
-        levels.create_run_config(top, run_config)
         run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "train.json", asdict(cfg))
-    elif dist.is_main():
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(
-            run / "config.json",
-            {
-                "model": model_cfg.to_dict(),
-                "train": asdict(cfg),
-                "data": {
-                    "spec": cfg.data,
-                    "K": data.K,
-                    "shape": list(data.shape_chw),
-                    "n_train": len(data.images),
-                },
-            },
-        )
+        if level is not None:  # written once by whichever level's job comes first
+            levels.create_run_config(top, {**run_config, "per_level": True})
+            write_json(run / "train.json", asdict(cfg))
+        else:
+            write_json(run / "config.json", run_config)
 
     def extra_state() -> dict:
         """What a checkpoint needs beyond weights and optimiser to resume exactly."""
