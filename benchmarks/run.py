@@ -44,7 +44,16 @@ DONE = "runner_done.json"
 
 EXPERIMENT_KEYS = {"title", "question", "data", "preset", "seed", "threads", "jobs", "work", "budget", "eval"}
 EXPERIMENT_KEYS |= {"runs"}
-BUDGET_KEYS = {"steps", "minutes", "reference_steps", "reference", "speed_steps", "ckpt_every"}
+BUDGET_KEYS = {
+    "steps",
+    "minutes",
+    "reference_steps",
+    "wall_minutes",
+    "reference",
+    "speed_steps",
+    "ckpt_every",
+}
+BUDGETS = ("steps", "minutes", "reference_steps", "wall_minutes")
 EVAL_KEYS = {"split", "limit", "n_t", "seed", "batch", "reference", "equal_steps", "ode", "fid", "sampling"}
 
 
@@ -56,6 +65,19 @@ class Run:
     name: str
     model: str
     overrides: dict = field(default_factory=dict)  # ModelConfig / TrainConfig fields
+    processes: int = 1  # training processes (torchrun, data-parallel, one global batch)
+    levels: str | None = None  # "parallel": one process per level; or a --level-budget spec
+
+    @property
+    def per_level(self) -> bool:
+        return self.levels is not None
+
+    def layout(self) -> str:
+        """How the run trains, in words, for the report."""
+        if self.levels == "parallel":
+            return f"levels in parallel, {self.processes} processes"
+        ddp = f"DDP ×{self.processes}" if self.processes > 1 else "1 process"
+        return f"levels by --level-budget {self.levels}, {ddp}" if self.levels else ddp
 
 
 @dataclass
@@ -106,9 +128,14 @@ def load_experiment(path: Path) -> Experiment:
     for i, r in enumerate(d.get("runs", [])):
         if "name" not in r or "model" not in r:
             fail(f"run {i + 1} needs a name and a model")
-        if unknown := sorted(set(r) - {"name", "model", "overrides"}):
+        if unknown := sorted(set(r) - {"name", "model", "overrides", "processes", "levels"}):
             fail(f"run {r['name']}: unknown key(s) {', '.join(unknown)}")
-        runs.append(Run(r["name"], r["model"], dict(r.get("overrides", {}))))
+        run = Run(
+            r["name"], r["model"], dict(r.get("overrides", {})), int(r.get("processes", 1)), r.get("levels")
+        )
+        if run.processes < 1:
+            fail(f"run {run.name}: processes must be at least 1")
+        runs.append(run)
     if not runs:
         fail("no [[runs]]")
     if len({r.name for r in runs}) != len(runs):
@@ -118,8 +145,15 @@ def load_experiment(path: Path) -> Experiment:
         fail(f"missing {', '.join(missing)}")
     exp = Experiment(name=path.stem, runs=runs, **{k: v for k, v in d.items() if k != "runs"})
     b = exp.budget
-    if sum(k in b for k in ("steps", "minutes", "reference_steps")) != 1:
-        fail("[budget] needs exactly one of steps, minutes, reference_steps")
+    if sum(k in b for k in BUDGETS) != 1:
+        fail(f"[budget] needs exactly one of {', '.join(BUDGETS)}")
+    for run in runs:
+        if (run.processes > 1 or run.per_level) and not ("steps" in b or "wall_minutes" in b):
+            fail(
+                f"run {run.name}: several processes or per-level training need [budget] steps or wall_minutes"
+            )
+    if "wall_minutes" in b and exp.jobs != 1:
+        fail("[budget] wall_minutes times every run on the machine alone: jobs must be 1")
     for where, name in (("[eval]", exp.reference), ("[budget]", b.get("reference", exp.reference))):
         if name not in {r.name for r in runs}:
             fail(f"{where} reference {name!r} is not a run")
@@ -137,6 +171,8 @@ def steps_for(exp: Experiment, speeds: dict[str, float] | None) -> dict[str, int
     b = exp.budget
     if "steps" in b:
         return {r.name: int(b["steps"]) for r in exp.runs}
+    if "wall_minutes" in b:  # each run stops on its own clock; the steps it reached are read after
+        return {r.name: 0 for r in exp.runs}
     if speeds is None:
         raise ValueError("a time budget needs the measured speeds")
     if "minutes" in b:
@@ -158,6 +194,11 @@ def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(run.overrides, indent=2, sort_keys=True) + "\n")
     ckpt = exp.budget.get("ckpt_every", max(1, steps // 10))
+    budget = (
+        ["--minutes", str(exp.budget["wall_minutes"])]
+        if "wall_minutes" in exp.budget
+        else ["--steps", str(steps)]
+    )
     return [
         "train",
         "--model",
@@ -170,8 +211,7 @@ def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]
         str(config),
         "--out",
         str(out),
-        "--steps",
-        str(steps),
+        *budget,
         "--seed",
         str(exp.seed),
         "--ckpt-every",
@@ -185,6 +225,49 @@ def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]
         "--device",
         "cpu",
     ]
+
+
+def n_levels(exp: Experiment, run: Run) -> int:
+    """The run's number of levels, as ``pcdm train --dry-run`` resolves its model."""
+    cmd = train_command(exp, run, WORK / exp.folder / run.name, 1) + ["--dry-run"]
+    model = json.loads(_pcdm(cmd, _env(1), capture=True).stdout)["model"]
+    from pcdm.model import PCDM, ModelConfig
+
+    return len(PCDM(ModelConfig.from_dict(model)).level_shapes)
+
+
+def launch_commands(exp: Experiment, run: Run, out: Path, steps: int) -> list[list[str]]:
+    """The processes that train one run, each a full command line. One process; under
+    torchrun, ``processes`` data-parallel ranks with the per-rank batch that keeps the global
+    batch of one process; ``levels = "parallel"``: one ``--levels-only k`` job per level, side
+    by side (``processes`` must be the number of levels); any other ``levels``: one
+    ``--level-budget`` job (its rounds data-parallel over ``processes``)."""
+    from pcdm.presets import get_preset
+
+    cmd = train_command(exp, run, out, steps)
+    pcdm = [sys.executable, "-m", "pcdm.cli"]
+    if run.levels == "parallel":
+        s = n_levels(exp, run)
+        if run.processes != s:
+            raise SystemExit(
+                f'run {run.name}: levels = "parallel" trains {s} levels, one process each: processes = {s}'
+            )
+        return [[*pcdm, *cmd, "--levels-only", str(k)] for k in range(s)]
+    if run.levels is not None:
+        cmd += ["--level-budget", run.levels]
+    if run.processes == 1:
+        return [[*pcdm, *cmd]]
+    batch = int(run.overrides.get("batch", get_preset(exp.preset)["train"]["batch"]))
+    if batch % run.processes:
+        raise SystemExit(f"run {run.name}: batch {batch} does not split over {run.processes} processes")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={run.processes}",
+    ]
+    return [[*torchrun, "-m", "pcdm.cli", *cmd, "--batch", str(batch // run.processes)]]
 
 
 def _env(threads: int) -> dict:
@@ -253,49 +336,98 @@ def _pcdm(cmd: list[str], env: dict, capture: bool = False, stdout=None):
 
 
 def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, log=print) -> dict[str, dict]:
-    """Train every run (``jobs`` at a time); returns name → {dir, step, wall_s, command}."""
+    """Train every run (``jobs`` at a time); returns name → {dir, step, level_steps, wall_s,
+    command}."""
     out, pending = {}, []
     for run in exp.runs:
         folder = run_dir(exp, run, work)
-        cmd = train_command(exp, run, folder, steps[run.name])
+        cmds = launch_commands(exp, run, folder, steps[run.name])
         marker = folder / DONE
-        if reuse and marker.is_file() and json.loads(marker.read_text()).get("command") == cmd:
+        old = json.loads(marker.read_text()) if reuse and marker.is_file() else {}
+        single = len(cmds) == 1 and cmds[0][3:] == train_command(exp, run, folder, steps[run.name])
+        if old and (old.get("commands") == cmds or (single and old.get("command") == cmds[0][3:])):
             out[run.name] = json.loads(marker.read_text())
             log(f"  {run.name}: reusing {folder}")
             continue
-        pending.append((run, folder, cmd))
+        pending.append((run, folder, cmds))
+    env = _env(exp.threads)
+    if exp.jobs == 1:  # this runner's process tree is the one job: its own processes are no load
+        env["PCDM_JOB_ROOT"] = str(os.getpid())
     running = []
     while pending or running:
         while pending and len(running) < exp.jobs:
-            run, folder, cmd = pending.pop(0)
+            run, folder, cmds = pending.pop(0)
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
             logfile = folder.parent / f"{run.name}.train.log"
-            log(f"  {run.name}: pcdm {shlex.join(cmd)}")
             fh = open(logfile, "w")
-            running.append(
-                (run, folder, cmd, _pcdm(cmd, _env(exp.threads), stdout=fh), fh, logfile, time.time())
-            )
+            procs = []
+            for cmd in cmds:
+                log(f"  {run.name}: {shlex.join(cmd[1:])}")
+                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+            running.append((run, folder, cmds, procs, fh, logfile, time.time()))
         time.sleep(0.5)
-        for item in [r for r in running if r[3].poll() is not None]:
+        for item in [r for r in running if all(p.poll() is not None for p in r[3])]:
             running.remove(item)
-            run, folder, cmd, proc, fh, logfile, t0 = item
+            run, folder, cmds, procs, fh, logfile, t0 = item
             fh.close()
-            if proc.returncode != 0:
+            if bad := [p.returncode for p in procs if p.returncode != 0]:
                 tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-15:])
-                raise SystemExit(
-                    f"training {run.name} failed (exit {proc.returncode}); see {logfile}:\n{tail}"
-                )
+                raise SystemExit(f"training {run.name} failed (exit {bad[0]}); see {logfile}:\n{tail}")
+            reached = saved_steps(folder)
             done = {
                 "dir": str(folder),
-                "command": cmd,
-                "step": steps[run.name],
+                "command": train_command(exp, run, folder, steps[run.name]),
+                "commands": cmds,
+                "step": min(max(s) for s in reached),
+                "level_steps": [max(s) for s in reached] if run.per_level else None,
                 "wall_s": round(time.time() - t0, 1),
+                "machine": machine_records(folder),
             }
             (folder / DONE).write_text(json.dumps(done, indent=2) + "\n")
             out[run.name] = done
-            log(f"  {run.name}: {done['step']} steps in {done['wall_s']:.0f} s")
+            log(f"  {run.name}: {done['level_steps'] or done['step']} steps in {done['wall_s']:.0f} s")
     return out
+
+
+def saved_steps(folder: Path) -> list[list[int]]:
+    """The steps of every complete checkpoint of a run, per level (a lockstep run: one list)."""
+    from pcdm.checkpoint import read_config
+
+    def steps(d: Path) -> list[int]:
+        found = sorted(
+            json.loads((c / "state.json").read_text())["step"]
+            for c in (d / "ckpt").glob("step_*")
+            if (c / "state.json").is_file()
+        )
+        if not found:
+            raise SystemExit(f"{d} has no complete checkpoint")
+        return found
+
+    if not read_config(folder).get("per_level"):
+        return [steps(folder)]
+    return [steps(d) for d in sorted((folder / "levels").glob("level_*"), key=lambda d: int(d.name[6:]))]
+
+
+def machine_records(folder: Path) -> list[dict]:
+    """The machine records (pcdm.machine) a run's training wrote: one, or one per level."""
+    paths = [folder / "machine.json", *sorted((folder / "levels").glob("level_*/machine.json"))]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def load_at(folder: Path, step: int):
+    """The run's model at its newest checkpoint(s) at or below ``step`` (every level's, for a
+    per-level run); returns (model, the step of each level's weights)."""
+    from pcdm import levels
+    from pcdm.checkpoint import load_run, read_config
+    from pcdm.model import PCDM, ModelConfig
+
+    if not read_config(folder).get("per_level"):
+        found, ckpt = checkpoint_at(folder, step)
+        return load_run(ckpt)[0], [found]
+    model = PCDM(ModelConfig.from_dict(read_config(folder)["model"]))
+    model.load_state_dict(levels.assemble_state(folder, model, step=step))
+    return model.eval(), [max(s for s in level if s <= step) for level in saved_steps(folder)]
 
 
 def checkpoint_at(folder: Path, step: int) -> tuple[int, Path]:
@@ -324,8 +456,11 @@ def evaluate(exp: Experiment, trained: dict[str, dict], log=print) -> dict:
     seed, n_t, batch = e.get("seed", 0), e.get("n_t", 1), e.get("batch", 128)
     results = {"data": data.name, "split": e.get("split", "test"), "n_images": len(data.images), "runs": {}}
     per_image = {}
-    last = min(t["step"] for t in trained.values())  # equal steps: the largest step all runs saved
-    common = min(checkpoint_at(Path(t["dir"]), last)[0] for t in trained.values())
+    # equal steps: the largest step every level of every run saved a checkpoint at or below
+    last = min(t["step"] for t in trained.values())
+    common = min(
+        max(s for s in lv if s <= last) for t in trained.values() for lv in saved_steps(Path(t["dir"]))
+    )
     for run in exp.runs:
         folder = Path(trained[run.name]["dir"])
         model, _ = load_run(folder)
@@ -334,15 +469,17 @@ def evaluate(exp: Experiment, trained: dict[str, dict], log=print) -> dict:
         pi = per_image_bpd(model, data.images, n_t=n_t, batch_size=batch, seed=seed, desc=run.name)
         per_image[run.name] = pi["bpd"]
         r = {"model": run.model, "overrides": run.overrides, "step": trained[run.name]["step"]}
+        r.update(layout=run.layout(), level_steps=trained[run.name].get("level_steps"))
         r["train_wall_s"] = trained[run.name].get("wall_s")
         r["bound"] = {k: v for k, v in summarize(pi).items()}
-        if e.get("equal_steps") and common < trained[run.name]["step"]:
-            step, ckpt = checkpoint_at(folder, common)
-            m, _ = load_run(ckpt)
+        if e.get("equal_steps") and common < max(
+            trained[run.name].get("level_steps") or [trained[run.name]["step"]]
+        ):
+            m, at = load_at(folder, common)
             eq = per_image_bpd(
-                m, data.images, n_t=n_t, batch_size=batch, seed=seed, desc=f"{run.name}@{step}"
+                m, data.images, n_t=n_t, batch_size=batch, seed=seed, desc=f"{run.name}@{common}"
             )
-            r["equal_steps"] = {"step": step, **summarize(eq)}
+            r["equal_steps"] = {"step": max(at), "level_steps": at, **summarize(eq)}
             per_image[run.name + "@equal"] = eq["bpd"]
         elif e.get("equal_steps"):
             r["equal_steps"] = {"step": trained[run.name]["step"], **r["bound"]}
@@ -452,6 +589,11 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
     b = exp.budget
     if "steps" in b:
         budget = f"{b['steps']} training steps each (equal steps)"
+    elif "wall_minutes" in b:
+        budget = (
+            f"{b['wall_minutes']} minutes of wall-clock time each, every run alone on the machine with "
+            "all its processes (equal total time at an equal number of processes)"
+        )
     elif "minutes" in b:
         budget = f"{b['minutes']} minutes of idle-machine time each (steps from the s/step measured alone)"
     else:
@@ -478,15 +620,16 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
         "",
     ]
     rows = []
+    layouts = any(r.processes > 1 or r.per_level for r in exp.runs)
     for run in exp.runs:
         r = res["runs"][run.name]
         bd, vs = r["bound"], r.get("vs_reference")
         s = res["speeds"].get(run.name) if res.get("speeds") else None
         rows.append(
             [
-                run.name,
+                run.name + (f" ({run.layout()})" if layouts else ""),
                 run.model,
-                r["step"],
+                " / ".join(map(str, r["level_steps"])) if r.get("level_steps") else r["step"],
                 fmt(s, digits=4) if s else "—",
                 fmt(bd["bpd"], bd["bpd_se"]),
                 fmt(bd.get("bpd_recon")),
@@ -515,7 +658,9 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
             rows.append(
                 [
                     run.name,
-                    q["step"],
+                    " / ".join(map(str, q["level_steps"]))
+                    if len(q.get("level_steps") or []) > 1
+                    else q["step"],
                     fmt(q["bpd"], q["bpd_se"]),
                     fmt(vs["ratio"], vs["ratio_se"]) if vs else "reference",
                 ]
@@ -582,8 +727,18 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
             ["run", "sampler", "network evaluations per level", "images", "seconds"], rows, "llrrr"
         )
     lines += ["", "Runs (git-ignored folders):", ""]
-    lines += [f"- {run.name}: `pcdm {shlex.join(res['runs'][run.name]['command'])}`" for run in exp.runs]
+    for run in exp.runs:
+        cmds = res["runs"][run.name].get("commands") or [["", "", "", *res["runs"][run.name]["command"]]]
+        lines += [f"- {run.name}: `{_shown(cmd)}`" for cmd in cmds]
     return lines
+
+
+def _shown(cmd: list[str]) -> str:
+    """A launched command line as a reader would type it (``pcdm …`` / ``torchrun …``)."""
+    if cmd[1:3] == ["-m", "pcdm.cli"] or cmd[:1] == [""]:
+        return "pcdm " + shlex.join(cmd[3:])
+    at = cmd.index("pcdm.cli")
+    return "torchrun " + shlex.join([*cmd[3 : at - 1], "-m", "pcdm.cli", *cmd[at + 1 :]])
 
 
 def plot_fid(exp: Experiment, res: dict, path: Path) -> bool:
@@ -650,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     speeds, machines, marks = None, {}, {}
     cache = args.work / exp.folder / "speeds.json"
-    if "steps" not in exp.budget and not args.dry_run:
+    if not ({"steps", "wall_minutes"} & set(exp.budget)) and not args.dry_run:
         saved = json.loads(cache.read_text()) if args.reuse and cache.is_file() else {}
         if saved and "speeds" not in saved:  # a file from before the machine records
             saved = {"speeds": saved}
@@ -666,22 +821,28 @@ def main(argv: list[str] | None = None) -> int:
             merged["machines"] = {**saved.get("machines", {}), **machines}
             cache.write_text(json.dumps(merged, indent=2) + "\n")
         marks = check_disturbance(exp, machines, args.allow_busy)
-    steps = steps_for(exp, speeds) if speeds or "steps" in exp.budget else {r.name: 0 for r in exp.runs}
+    timed = speeds or {"steps", "wall_minutes"} & set(exp.budget)
+    steps = steps_for(exp, speeds) if timed else {r.name: 0 for r in exp.runs}
     if args.dry_run:
         for run in exp.runs:
-            print(
-                "pcdm "
-                + shlex.join(train_command(exp, run, run_dir(exp, run, args.work), steps[run.name] or 1))
-            )
+            for cmd in launch_commands(exp, run, run_dir(exp, run, args.work), steps[run.name] or 1):
+                print(shlex.join(cmd))
         return 0
     log(f"{exp.name}: training {', '.join(f'{k}={v}' for k, v in steps.items())} steps")
     trained = train_all(exp, steps, args.work, args.reuse, log)
-    log(f"{exp.name}: evaluating")
+    if "wall_minutes" in exp.budget:  # equal wall time holds as far as nothing else ran meanwhile
+        for run in exp.runs:
+            why = [w for m in trained[run.name].get("machine") or [] if (w := machine.disturbance(m))]
+            if why or not trained[run.name].get("machine"):
+                marks[run.name] = "; ".join(why) or "unknown: no machine record"
+                log(f"  {run.name}: {marks[run.name]}")
     res = evaluate(exp, trained, log)
     res.update(experiment=exp.name, machine=report.machine(), speeds=speeds, steps=steps)
     res.update(speed_machines=machines, busy=marks, argv=["benchmarks/run.py", *argv])
     for run in exp.runs:
         res["runs"][run.name]["command"] = trained[run.name]["command"]
+        res["runs"][run.name]["commands"] = trained[run.name].get("commands")
+        res["runs"][run.name]["machine"] = trained[run.name].get("machine")
     folder = args.results / exp.name
     path = write_report(exp, res, folder, res["argv"])
     log(f"wrote {path} and {folder / 'runs.json'}")

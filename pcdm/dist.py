@@ -25,7 +25,8 @@ def init(device: str = "auto") -> torch.device:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    """This process's rank; under torchrun also after the group is gone (one report, not N)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def world() -> int:
@@ -62,6 +63,17 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def broadcast_value(value: float) -> float:
+    """Rank 0's number, for everyone (a decision every rank must take alike)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, 0)
+    return float(t.item())
 
 
 def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

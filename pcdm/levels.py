@@ -116,8 +116,9 @@ def level_steps(run: Path) -> dict[int, int | None]:
     return out
 
 
-def level_weights_file(run: Path, k: int, ema: bool = True) -> Path:
-    """The newest complete weights of level k; one clear line if it was never trained."""
+def level_weights_file(run: Path, k: int, ema: bool = True, step: int | None = None) -> Path:
+    """The newest complete weights of level k (``step``: its newest checkpoint at or below
+    that step); one clear line if it was never trained."""
     d = level_dir(run, k)
     ck = latest_checkpoint(d)
     if ck is None:
@@ -125,6 +126,12 @@ def level_weights_file(run: Path, k: int, ema: bool = True) -> Path:
             f"{run}: level {k} was never trained (pcdm train --out {run} --levels-only {k} --steps N)"
         )
     name = "ema.safetensors" if ema else "model.safetensors"
+    if step is not None:
+        older = [c for c in sorted((d / "ckpt").glob("step_*")) if (c / "state.json").is_file()]
+        older = [c for c in older if json.loads((c / "state.json").read_text())["step"] <= step]
+        if not older:
+            raise RunError(f"{run}: level {k} has no checkpoint at or below step {step}")
+        return older[-1] / name
     # the mirrors are from the newest checkpoint unless a crash fell between their renames
     if (
         saved_step(d / "ema.safetensors")
@@ -135,12 +142,15 @@ def level_weights_file(run: Path, k: int, ema: bool = True) -> Path:
     return ck / name
 
 
-def assemble_state(run: Path, model: PCDM, ema: bool = True) -> dict[str, torch.Tensor]:
-    """The full model's state dict from every level's newest weights: ``nets.K.*`` from
-    level K, the γ schedule from its owner (level 0)."""
+def assemble_state(
+    run: Path, model: PCDM, ema: bool = True, step: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The full model's state dict from every level's newest weights (``step``: every level's
+    newest checkpoint at or below that step): ``nets.K.*`` from level K, the γ schedule from
+    its owner (level 0)."""
     state = {}
     for k in range(len(model.level_shapes)):
-        part = load_tensors(level_weights_file(run, k, ema))
+        part = load_tensors(level_weights_file(run, k, ema, step))
         for name, t in part.items():
             if name.startswith(f"nets.{k}.") or (k == OWNER and name.startswith("schedule.")):
                 state[name] = t
@@ -238,8 +248,10 @@ def heldout_level_bpd(
 
 def run_budget(model_cfg: ModelConfig, cfg, run: Path, device="auto", log=print) -> list[dict]:
     """Train every level of a per-level run from one total budget (``cfg.steps`` or
-    ``cfg.minutes``) split by ``cfg.level_budget``, sequentially in this process. Returns one
-    record per round (level, steps or minutes given, held-out level bpd before/after, seconds)."""
+    ``cfg.minutes``) split by ``cfg.level_budget``, one level after another in these processes
+    (under torchrun every round is data-parallel over all of them). Returns one record per
+    round (level, steps or minutes given, held-out level bpd before/after, seconds)."""
+    from . import dist
     from .train import train
 
     n = len(PCDM(model_cfg).level_dims)
@@ -253,8 +265,13 @@ def run_budget(model_cfg: ModelConfig, cfg, run: Path, device="auto", log=print)
     else:
         per_round = split_budget(total, fractions) if by_steps else [total * f for f in fractions]
     steps_done, gains, history = [0] * n, [None] * n, []
+    began = time.time()
     for r, amount in enumerate(per_round):
         k = next_level(gains) if fractions is None else r
+        if not by_steps:  # a time budget is wall-clock: each round's start-up and held-out
+            # measurements count, so a round gets its share of the time still left
+            left = total - dist.broadcast_value(time.time() - began) / 60
+            amount = max(0.0, left * amount / sum(per_round[r:]))
         if not amount:
             continue
         resume = steps_done[k] > 0
@@ -267,17 +284,20 @@ def run_budget(model_cfg: ModelConfig, cfg, run: Path, device="auto", log=print)
             minutes=None if by_steps else amount,
         )
         t0 = time.time()
-        result = train(model_cfg, job, run, resume=resume, device=device, level=k)
-        seconds = time.time() - t0
+        result = train(model_cfg, job, run, resume=resume, device=device, level=k, leave_group=False)
+        seconds = dist.broadcast_value(time.time() - t0)  # rank 0's clock: every rank picks alike
         steps_done[k] = result["step"]
         after = heldout_level_bpd(run, model_cfg, cfg.data, k)
         gains[k] = (before - after) / max(seconds, 1e-9)
         rec = {"round": r, "level": k, "amount": amount, "bpd_before": before, "bpd_after": after,
                "seconds": round(seconds, 2), "step": steps_done[k]}  # fmt: skip
         history.append(rec)
-        log(json.dumps(rec))
-    with open(Path(run) / "levels" / "budget.jsonl", "a") as fh:  # written by the driver only
-        fh.writelines(json.dumps(h) + "\n" for h in history)
+        if dist.is_main():
+            log(json.dumps(rec))
+    if dist.is_main():
+        with open(Path(run) / "levels" / "budget.jsonl", "a") as fh:  # written by the driver only
+            fh.writelines(json.dumps(h) + "\n" for h in history)
+    dist.cleanup()
     return history
 
 

@@ -152,10 +152,18 @@ def sample_grid(model: PCDM, path: Path, n: int, steps: int, seed: int) -> None:
 
 
 def train(
-    model_cfg: ModelConfig, cfg: TrainConfig, run: Path, resume: bool = False, device="auto", level=None
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run: Path,
+    resume: bool = False,
+    device="auto",
+    level=None,
+    leave_group: bool = True,
 ) -> dict:
     """Train every level in lockstep, or (``level`` = k) only level k's network into
-    RUN/levels/level_k/ (docs/math.md §10, "Per-level training")."""
+    RUN/levels/level_k/ (docs/math.md §10, "Per-level training"). ``leave_group=False``
+    keeps a torchrun process group for another call in the same processes (a process
+    group cannot be joined twice)."""
     device = dist.init(device)
     rank, world = dist.rank(), dist.world()
     machine.cap_torch_threads()  # threads from the cores this process may use (docs/math.md §10)
@@ -236,8 +244,12 @@ def train(
     log = open(run / "metrics.jsonl", "a") if dist.is_main() else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not dist.is_main(), desc="train", unit="step")
     first_step = step
-    # what else used this run's cores (docs/math.md §10); under torchrun, the local ranks' tree
+    # what else used this run's cores (docs/math.md §10): this process's tree; under torchrun
+    # the local ranks' (their parent's); PCDM_JOB_ROOT names another process whose tree is
+    # the job (e.g. the launcher of concurrent per-level jobs, which then do not count as load)
     root = os.getppid() if world > 1 and "LOCAL_RANK" in os.environ else None
+    if os.environ.get("PCDM_JOB_ROOT", "").isdigit():
+        root = int(os.environ["PCDM_JOB_ROOT"])
     monitor = machine.Monitor(root=root).start(step) if dist.is_main() else None
     start, bad, running = time.time(), 0, None
     last = {}
@@ -341,7 +353,8 @@ def train(
     if summary is not None:
         _write_machine(run / "machine.json", summary)
     dist.barrier()
-    dist.cleanup()
+    if leave_group:
+        dist.cleanup()
     return {"step": step, "params": n_params, **last, "machine": summary}
 
 

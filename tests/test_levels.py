@@ -276,6 +276,53 @@ def test_torchrun_inside_a_level_matches_one_process(tmp_path):
     assert moved  # level 1 trained
 
 
+@pytest.mark.slow
+def test_budget_driver_under_torchrun_matches_one_process(tmp_path):
+    """--level-budget under torchrun: every round is data-parallel in the same two processes
+    (one process group for all rounds; before, the second round hung joining it again), and
+    the rounds give the levels the steps one process with the same global batch gives them."""
+    args = [*COMMON, "--model", "lp-pcdm", "--levels", "2", "--steps", "6"]
+    args += ["--level-budget", "proportional", "--sample-steps", "0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(
+        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    res = subprocess.run(
+        [
+            *torchrun,
+            "--master_port",
+            "29533",
+            "-m",
+            "pcdm.cli",
+            "train",
+            "--out",
+            str(two),
+            "--batch",
+            "8",
+            *args,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("levels at step") == 1  # one report, from rank 0
+    assert levels.level_steps(two) == levels.level_steps(one) == {0: 2, 1: 4}
+    rounds = (two / "levels" / "budget.jsonl").read_text().splitlines()
+    assert len(rounds) == 2  # written by rank 0 only
+    for k in (0, 1):
+        la, lb = (
+            [
+                json.loads(ln)["loss"]
+                for ln in (levels.level_dir(r, k) / "metrics.jsonl").read_text().splitlines()
+            ]
+            for r in (one, two)
+        )
+        np.testing.assert_allclose(la, lb, rtol=1e-5)
+
+
 def test_levels_only_is_a_generated_flag_and_a_config_key(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('levels_only = "1"\nlevel_budget = "proportional"\n')

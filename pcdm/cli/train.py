@@ -238,7 +238,8 @@ def run_levels(args) -> int:
             levels.run_budget(mcfg, tcfg, args.out, device=args.device)
         else:
             for k in levels.parse_levels(tcfg.levels_only, n_levels):
-                train(mcfg, tcfg, args.out, device=args.device, level=k)
+                train(mcfg, tcfg, args.out, device=args.device, level=k, leave_group=False)
+            dist.cleanup()
         run_dir = args.out
     if dist.is_main():
         steps = levels.level_steps(run_dir)
