@@ -96,7 +96,25 @@ def ood_selection(res: dict, source: str) -> list[str]:
     return report.table(["score", *sets], rows) + ["", f"AUROC ± bootstrap s.e.; from `{source}`."]
 
 
+def levels(res: dict, source: str) -> list[str]:
+    """Equal total time at an equal number of processes: each layout's bound and ratio to the
+    reference, and the same at equal steps."""
+    fmt, rows = report.fmt, []
+    ref = next(name for name, r in res["runs"].items() if "vs_reference" not in r)
+    for name, r in res["runs"].items():
+        eq = r.get("equal_steps", {})
+        rows.append([
+            f"{name} ({r['layout']})", " / ".join(map(str, r.get("level_steps") or [r["step"]])),
+            fmt(r["bound"]["bpd"], r["bound"]["bpd_se"]), _vs(r.get("vs_reference")),
+            _vs(eq.get("vs_reference")) if eq else "—",
+        ])  # fmt: skip
+    step = next((r["equal_steps"]["step"] for r in res["runs"].values() if "equal_steps" in r), None)
+    header = ["run (processes)", "steps (per level)", "test bpd", f"÷ {ref}", f"÷ {ref} at {step} steps"]
+    return report.table(header, rows, "lrrrr") + ["", f"{res['n_images']} test images; from `{source}`."]
+
+
 RENDER = {
+    "levels": levels,
     "standings": standings,
     "sample_quality": sample_quality,
     "ode_likelihood": ode_likelihood,

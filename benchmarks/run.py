@@ -649,6 +649,22 @@ def markdown(exp: Experiment, res: dict, argv: list[str]) -> list[str]:
     else:
         for name, why in busy.items():
             lines += ["", f"**{name}: speed measured on a busy machine** ({why}): equal time is approximate"]
+    parts = sorted({k for r in res["runs"].values() for k in r["bound"] if k.startswith("bpd_level")})
+    if len(parts) > 1:  # where the bits are: totals compare across runs, terms only at equal γ(0)
+        lines += ["", "## The bound by level", ""]
+        rows = []
+        for run in exp.runs:
+            bd = res["runs"][run.name]["bound"]
+            terms = [fmt(bd.get(k)) if k in bd else "—" for k in parts]
+            rows.append([run.name, *terms, fmt(bd.get("bpd_recon")), fmt(bd["bpd"])])
+        names = [f"level {k.removeprefix('bpd_level')} (prior + diffusion)" for k in parts]
+        lines += report.table(["run", *names, "recon", "total"], rows)
+        lines += [
+            "",
+            "bpd of the whole image; vdm's single level is its level 1. A term compares between "
+            "runs only at the same γ(0) (it moves bits between diffusion and reconstruction); the "
+            "totals always compare.",
+        ]
     if exp.eval.get("equal_steps"):
         lines += ["", "## At equal steps", ""]
         rows = []

@@ -117,3 +117,94 @@ def test_tiny_experiment_end_to_end(runner, tmp_path):
     assert np.isfinite(vs["ratio_se"]) and vs["ratio"] > 0
     report = (tmp_path / "res" / "tiny" / "report.md").read_text()
     assert "| w | w-pcdm | 12 |" in report
+
+
+@pytest.mark.parametrize(
+    "extra, runs, message",
+    [
+        ("[budget]\nminutes = 2\n", "processes = 2\n", "need [budget] steps or wall_minutes"),
+        ("[budget]\nreference_steps = 9\n", 'levels = "parallel"\n', "need [budget] steps or wall_minutes"),
+        ("jobs = 2\n[budget]\nwall_minutes = 1\n", "", "jobs must be 1"),
+        ("[budget]\nsteps = 1\n", "processes = 0\n", "processes must be at least 1"),
+    ],
+)
+def test_process_layouts_are_checked(runner, tmp_path, extra, runs, message):
+    text = 'title = "t"\ndata = "digits"\n' + extra + '[[runs]]\nname = "lp"\nmodel = "lp-pcdm"\n' + runs
+    with pytest.raises(SystemExit) as err:
+        runner.load_experiment(write(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_launch_commands_of_each_layout(runner, tmp_path):
+    """DDP keeps one process's global batch; level-parallel is one --levels-only job per level;
+    an allocator run is one --level-budget job; wall_minutes trains by the clock."""
+    runs = ""
+    for name, keys in [
+        ("one", ""),
+        ("ddp", "processes = 2\n"),
+        ("par", 'processes = 2\nlevels = "parallel"\n'),
+        ("auto", 'processes = 2\nlevels = "auto"\n'),
+        ("three", 'processes = 3\nlevels = "parallel"\n'),
+        ("odd", "processes = 3\n"),
+    ]:
+        runs += f'[[runs]]\nname = "{name}"\nmodel = "lp-pcdm"\n{keys}'
+    text = 'title = "t"\ndata = "digits"\n[budget]\nwall_minutes = 0.5\n' + runs
+    exp = runner.load_experiment(write(tmp_path, text))
+    by = {r.name: r for r in exp.runs}
+
+    def cmds(name):
+        return runner.launch_commands(exp, by[name], tmp_path / name, 0)
+
+    [one] = cmds("one")
+    assert one[1:3] == ["-m", "pcdm.cli"] and "--minutes" in one and "--steps" not in one
+    [ddp] = cmds("ddp")
+    assert "torch.distributed.run" in ddp and "--nproc_per_node=2" in ddp
+    assert ddp[ddp.index("--batch") + 1] == "16"  # the small preset's batch 32 over 2 ranks
+    par = cmds("par")
+    assert [c[c.index("--levels-only") + 1] for c in par] == ["0", "1"]
+    assert all("torch.distributed.run" not in c and "--batch" not in c for c in par)
+    [auto] = cmds("auto")
+    assert auto[auto.index("--level-budget") + 1] == "auto" and "--nproc_per_node=2" in auto
+    with pytest.raises(SystemExit, match="one process per level: processes = 2"):
+        cmds("three")
+    with pytest.raises(SystemExit, match="does not split over 3 processes"):
+        cmds("odd")
+    assert by["par"].layout() == "levels in parallel, 2 processes"
+
+
+@pytest.mark.slow
+def test_level_parallel_and_data_parallel_runs_end_to_end(runner, tmp_path):
+    """A DDP run and a level-parallel run by the clock: the report's bound is the library's
+    bound of the assembled run, and equal steps assemble every level at the common step."""
+    from pcdm import levels
+    from pcdm.checkpoint import load_run
+    from pcdm.data import load
+    from pcdm.evaluate import per_image_bpd
+    from pcdm.model import PCDM, ModelConfig
+
+    text = (
+        'title = "tiny"\ndata = "digits"\npreset = "tiny"\n'
+        "[budget]\nwall_minutes = 0.08\nckpt_every = 10\n"
+        '[eval]\nlimit = 24\nreference = "vdm"\nequal_steps = true\n'
+        '[[runs]]\nname = "vdm"\nmodel = "vdm"\nprocesses = 2\n'
+        '[[runs]]\nname = "lp"\nmodel = "lp-pcdm"\nprocesses = 2\nlevels = "parallel"\n'
+    )
+    path = write(tmp_path, text, "tiny.toml")
+    assert runner.main([str(path), "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res")]) == 0
+    res = json.loads((tmp_path / "res" / "tiny" / "runs.json").read_text())
+    images = load("digits", "test", limit=24).images
+    lp = tmp_path / "work" / "tiny" / "lp"
+    reached = levels.level_steps(lp)
+    assert res["runs"]["lp"]["level_steps"] == [reached[0], reached[1]] and min(reached.values()) >= 10
+    model, _ = load_run(lp)
+    want = per_image_bpd(model, images, seed=0, progress=False)["bpd"].mean()
+    assert res["runs"]["lp"]["bound"]["bpd"] == pytest.approx(float(want), rel=1e-6)
+    eq = res["runs"]["lp"]["equal_steps"]
+    common = eq["step"]
+    assert common % 10 == 0 and common <= min(res["runs"]["vdm"]["step"], *reached.values())
+    at = PCDM(ModelConfig.from_dict(json.loads((lp / "config.json").read_text())["model"]))
+    at.load_state_dict(levels.assemble_state(lp, at, step=common))
+    want = per_image_bpd(at.eval(), images, seed=0, progress=False)["bpd"].mean()
+    assert eq["bpd"] == pytest.approx(float(want), rel=1e-6)
+    report = (tmp_path / "res" / "tiny" / "report.md").read_text()
+    assert "lp (levels in parallel, 2 processes)" in report and "torchrun" in report
