@@ -227,9 +227,9 @@ def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]
     ]
 
 
-def n_levels(exp: Experiment, run: Run) -> int:
+def n_levels(exp: Experiment, run: Run, out: Path) -> int:
     """The run's number of levels, as ``pcdm train --dry-run`` resolves its model."""
-    cmd = train_command(exp, run, WORK / exp.folder / run.name, 1) + ["--dry-run"]
+    cmd = train_command(exp, run, out, 1) + ["--dry-run"]
     model = json.loads(_pcdm(cmd, _env(1), capture=True).stdout)["model"]
     from pcdm.model import PCDM, ModelConfig
 
@@ -247,7 +247,7 @@ def launch_commands(exp: Experiment, run: Run, out: Path, steps: int) -> list[li
     cmd = train_command(exp, run, out, steps)
     pcdm = [sys.executable, "-m", "pcdm.cli"]
     if run.levels == "parallel":
-        s = n_levels(exp, run)
+        s = n_levels(exp, run, out)
         if run.processes != s:
             raise SystemExit(
                 f'run {run.name}: levels = "parallel" trains {s} levels, one process each: processes = {s}'

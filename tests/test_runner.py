@@ -165,7 +165,7 @@ def test_launch_commands_of_each_layout(runner, tmp_path):
     assert all("torch.distributed.run" not in c and "--batch" not in c for c in par)
     [auto] = cmds("auto")
     assert auto[auto.index("--level-budget") + 1] == "auto" and "--nproc_per_node=2" in auto
-    with pytest.raises(SystemExit, match="one process per level: processes = 2"):
+    with pytest.raises(SystemExit, match="one process each: processes = 2"):
         cmds("three")
     with pytest.raises(SystemExit, match="does not split over 3 processes"):
         cmds("odd")
