@@ -18,12 +18,7 @@ from pcdm.schedules import alpha_sigma
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, levels=2, shape=(1, 4, 4), objective="edm", sigma_data=None, gamma_max=5.0, **kw):

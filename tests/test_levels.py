@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import train_one_and_two_processes
 from safetensors.torch import load_file
 
 from pcdm import levels
@@ -39,12 +40,7 @@ COMMON = [
 COMMON += ["--limit", "256", "--schedule", "fixed"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str) -> PCDM:
@@ -235,26 +231,7 @@ def test_torchrun_inside_a_level_matches_one_process(tmp_path):
     """DDP on 2 processes for level 1 alone = one process with the same global batch."""
     args = [*COMMON, "--model", "lp-pcdm", "--levels", "2", "--steps", "4", "--levels-only", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(
-        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
-    )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-    ]
-    res = subprocess.run(
-        [*torchrun, "-m", "pcdm.cli", "train", "--out", str(two), "--batch", "8", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    train_one_and_two_processes(one, two, args, port=29531)
     assert levels.level_steps(two) == {0: None, 1: 4}
     wa = load_file(str(levels.level_dir(one, 1) / "model.safetensors"))
     wb = load_file(str(levels.level_dir(two, 1) / "model.safetensors"))
@@ -284,30 +261,7 @@ def test_budget_driver_under_torchrun_matches_one_process(tmp_path):
     args = [*COMMON, "--model", "lp-pcdm", "--levels", "2", "--steps", "6"]
     args += ["--level-budget", "proportional", "--sample-steps", "0"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(
-        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
-    )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    res = subprocess.run(
-        [
-            *torchrun,
-            "--master_port",
-            "29533",
-            "-m",
-            "pcdm.cli",
-            "train",
-            "--out",
-            str(two),
-            "--batch",
-            "8",
-            *args,
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = train_one_and_two_processes(one, two, args, port=29533)
     assert res.stderr.count("levels at step") == 1  # one report, from rank 0
     assert levels.level_steps(two) == levels.level_steps(one) == {0: 2, 1: 4}
     rounds = (two / "levels" / "budget.jsonl").read_text().splitlines()

@@ -40,12 +40,7 @@ DT = torch.float64
 TIGHT = ODEOptions(rtol=1e-8, atol=1e-8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_model(name: str, levels: int, gamma_max: float = 8.0) -> PCDM:

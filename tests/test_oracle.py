@@ -382,13 +382,7 @@ def check_zero(v, label, k=3.0):
 PI = make_pi(0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is ~10× faster than two on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = [("vdm", 1, 48), ("w-pcdm", 2, 32), ("w-pcdm", 3, 32), ("lp-pcdm", 2, 32), ("lp-pcdm", 3, 32)]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_one_and_two_processes
 from safetensors.torch import load_file
 
 from pcdm.checkpoint import RunError, load_run, save_tensors
@@ -54,26 +55,7 @@ def test_batch_indices_shard_the_global_batch():
 def test_two_process_torchrun_matches_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = [*COMMON, "--steps", "6", "--model", "w-pcdm"]
-    subprocess.run(
-        [*TRAIN, "--out", str(one), "--batch", "16", *args], env=ENV, check=True, capture_output=True
-    )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-    ]
-    res = subprocess.run(
-        [*torchrun, "-m", "pcdm.cli", "train", "--out", str(two), "--batch", "8", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    train_one_and_two_processes(one, two, args, port=29517)
     a, b = metrics(one), metrics(two)
     assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, 7))
     np.testing.assert_allclose([m["loss"] for m in a], [m["loss"] for m in b], rtol=1e-4)
