@@ -227,34 +227,32 @@ def train_command(exp: Experiment, run: Run, out: Path, steps: int) -> list[str]
     ]
 
 
-def n_levels(exp: Experiment, run: Run, out: Path) -> int:
-    """The run's number of levels, as ``pcdm train --dry-run`` resolves its model."""
-    cmd = train_command(exp, run, out, 1) + ["--dry-run"]
-    model = json.loads(_pcdm(cmd, _env(1), capture=True).stdout)["model"]
+def n_levels(cmd: list[str]) -> int:
+    """The number of levels of the model a ``pcdm train`` command resolves (``--dry-run``)."""
+    model = json.loads(_pcdm([*cmd, "--dry-run"], _env(1), capture=True).stdout)["model"]
     from pcdm.model import PCDM, ModelConfig
 
     return len(PCDM(ModelConfig.from_dict(model)).level_shapes)
 
 
-def launch_commands(exp: Experiment, run: Run, out: Path, steps: int) -> list[list[str]]:
-    """The processes that train one run, each a full command line. One process; under
-    torchrun, ``processes`` data-parallel ranks with the per-rank batch that keeps the global
-    batch of one process; ``levels = "parallel"``: one ``--levels-only k`` job per level, side
-    by side (``processes`` must be the number of levels); any other ``levels``: one
-    ``--level-budget`` job (its rounds data-parallel over ``processes``)."""
+def launch_commands(exp: Experiment, run: Run, cmd: list[str]) -> list[list[str]]:
+    """The processes that train one run from its ``train_command``, each a full command line.
+    One process; under torchrun, ``processes`` data-parallel ranks with the per-rank batch that
+    keeps the global batch of one process; ``levels = "parallel"``: one ``--levels-only k`` job
+    per level, side by side (``processes`` must be the number of levels); any other ``levels``:
+    one ``--level-budget`` job (its rounds data-parallel over ``processes``)."""
     from pcdm.presets import get_preset
 
-    cmd = train_command(exp, run, out, steps)
     pcdm = [sys.executable, "-m", "pcdm.cli"]
     if run.levels == "parallel":
-        s = n_levels(exp, run, out)
+        s = n_levels(cmd)
         if run.processes != s:
             raise SystemExit(
                 f'run {run.name}: levels = "parallel" trains {s} levels, one process each: processes = {s}'
             )
         return [[*pcdm, *cmd, "--levels-only", str(k)] for k in range(s)]
     if run.levels is not None:
-        cmd += ["--level-budget", run.levels]
+        cmd = [*cmd, "--level-budget", run.levels]
     if run.processes == 1:
         return [[*pcdm, *cmd]]
     batch = int(run.overrides.get("batch", get_preset(exp.preset)["train"]["batch"]))
@@ -341,22 +339,23 @@ def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, l
     out, pending = {}, []
     for run in exp.runs:
         folder = run_dir(exp, run, work)
-        cmds = launch_commands(exp, run, folder, steps[run.name])
+        base = train_command(exp, run, folder, steps[run.name])
+        cmds = launch_commands(exp, run, base)
         marker = folder / DONE
         old = json.loads(marker.read_text()) if reuse and marker.is_file() else {}
-        single = len(cmds) == 1 and cmds[0][3:] == train_command(exp, run, folder, steps[run.name])
+        single = len(cmds) == 1 and cmds[0][3:] == base
         if old and (old.get("commands") == cmds or (single and old.get("command") == cmds[0][3:])):
             out[run.name] = json.loads(marker.read_text())
             log(f"  {run.name}: reusing {folder}")
             continue
-        pending.append((run, folder, cmds))
+        pending.append((run, folder, base, cmds))
     env = _env(exp.threads)
     if exp.jobs == 1:  # this runner's process tree is the one job: its own processes are no load
         env["PCDM_JOB_ROOT"] = str(os.getpid())
     running = []
     while pending or running:
         while pending and len(running) < exp.jobs:
-            run, folder, cmds = pending.pop(0)
+            run, folder, base, cmds = pending.pop(0)
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
             logfile = folder.parent / f"{run.name}.train.log"
@@ -365,11 +364,11 @@ def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, l
             for cmd in cmds:
                 log(f"  {run.name}: {shlex.join(cmd[1:])}")
                 procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
-            running.append((run, folder, cmds, procs, fh, logfile, time.time()))
+            running.append((run, folder, base, cmds, procs, fh, logfile, time.time()))
         time.sleep(0.5)
-        for item in [r for r in running if all(p.poll() is not None for p in r[3])]:
+        for item in [r for r in running if all(p.poll() is not None for p in r[4])]:
             running.remove(item)
-            run, folder, cmds, procs, fh, logfile, t0 = item
+            run, folder, base, cmds, procs, fh, logfile, t0 = item
             fh.close()
             if bad := [p.returncode for p in procs if p.returncode != 0]:
                 tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-15:])
@@ -377,7 +376,7 @@ def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, l
             reached = saved_steps(folder)
             done = {
                 "dir": str(folder),
-                "command": train_command(exp, run, folder, steps[run.name]),
+                "command": base,
                 "commands": cmds,
                 "step": min(max(s) for s in reached),
                 "level_steps": [max(s) for s in reached] if run.per_level else None,
@@ -392,15 +391,10 @@ def train_all(exp: Experiment, steps: dict[str, int], work: Path, reuse: bool, l
 
 def saved_steps(folder: Path) -> list[list[int]]:
     """The steps of every complete checkpoint of a run, per level (a lockstep run: one list)."""
-    from pcdm.checkpoint import read_config
+    from pcdm.checkpoint import checkpoints, read_config
 
     def steps(d: Path) -> list[int]:
-        found = sorted(
-            json.loads((c / "state.json").read_text())["step"]
-            for c in (d / "ckpt").glob("step_*")
-            if (c / "state.json").is_file()
-        )
-        if not found:
+        if not (found := [n for n, _ in checkpoints(d)]):
             raise SystemExit(f"{d} has no complete checkpoint")
         return found
 
@@ -432,11 +426,9 @@ def load_at(folder: Path, step: int):
 
 def checkpoint_at(folder: Path, step: int) -> tuple[int, Path]:
     """The newest complete checkpoint at or below ``step``."""
-    found = []
-    for d in sorted((folder / "ckpt").glob("step_*")):
-        if (d / "state.json").is_file() and int(d.name.split("_")[1]) <= step:
-            found.append((int(d.name.split("_")[1]), d))
-    if not found:
+    from pcdm.checkpoint import checkpoints
+
+    if not (found := [(n, c) for n, c in checkpoints(folder) if n <= step]):
         raise SystemExit(f"{folder} has no checkpoint at or below step {step}")
     return found[-1]
 
@@ -841,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = steps_for(exp, speeds) if timed else {r.name: 0 for r in exp.runs}
     if args.dry_run:
         for run in exp.runs:
-            for cmd in launch_commands(exp, run, run_dir(exp, run, args.work), steps[run.name] or 1):
+            base = train_command(exp, run, run_dir(exp, run, args.work), steps[run.name] or 1)
+            for cmd in launch_commands(exp, run, base):
                 print(shlex.join(cmd))
         return 0
     log(f"{exp.name}: training {', '.join(f'{k}={v}' for k, v in steps.items())} steps")

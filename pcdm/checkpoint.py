@@ -105,11 +105,17 @@ def read_config(run: Path) -> dict:
         raise RunError(f"{path} is corrupt: {err}") from None
 
 
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Every complete checkpoint ``RUN/ckpt/step_N`` (its state.json written last) as
+    (N, folder), oldest first."""
+    found = [(int(c.name[len("step_") :]), c) for c in (Path(run) / "ckpt").glob("step_*")]
+    return sorted((n, c) for n, c in found if (c / "state.json").is_file())
+
+
 def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint ``RUN/ckpt/step_N`` (its state.json written last)."""
-    ckpts = sorted((Path(run) / "ckpt").glob("step_*"))
-    complete = [c for c in ckpts if (c / "state.json").is_file()]
-    return complete[-1] if complete else None
+    """The newest complete checkpoint ``RUN/ckpt/step_N``."""
+    complete = checkpoints(run)
+    return complete[-1][1] if complete else None
 
 
 def split_run(path: Path) -> tuple[Path, Path]:

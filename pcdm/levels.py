@@ -33,7 +33,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import RunError, current_umask, latest_checkpoint, load_tensors, read_config, saved_step
+from .checkpoint import (
+    RunError,
+    checkpoints,
+    current_umask,
+    latest_checkpoint,
+    load_tensors,
+    read_config,
+    saved_step,
+)
 from .model import PCDM, ModelConfig, Noise, to_bpd
 
 OWNER = 0  # the level that owns (and trains) the γ schedule
@@ -127,8 +135,7 @@ def level_weights_file(run: Path, k: int, ema: bool = True, step: int | None = N
         )
     name = "ema.safetensors" if ema else "model.safetensors"
     if step is not None:
-        older = [c for c in sorted((d / "ckpt").glob("step_*")) if (c / "state.json").is_file()]
-        older = [c for c in older if json.loads((c / "state.json").read_text())["step"] <= step]
+        older = [c for n, c in checkpoints(d) if n <= step]
         if not older:
             raise RunError(f"{run}: level {k} has no checkpoint at or below step {step}")
         return older[-1] / name

@@ -153,7 +153,7 @@ def test_launch_commands_of_each_layout(runner, tmp_path):
     by = {r.name: r for r in exp.runs}
 
     def cmds(name):
-        return runner.launch_commands(exp, by[name], tmp_path / name, 0)
+        return runner.launch_commands(exp, by[name], runner.train_command(exp, by[name], tmp_path / name, 0))
 
     [one] = cmds("one")
     assert one[1:3] == ["-m", "pcdm.cli"] and "--minutes" in one and "--steps" not in one
